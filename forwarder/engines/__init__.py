@@ -1,0 +1,1 @@
+"""Replication engines: litestream (embedded default), litefs (Fly), memory (tests)."""

@@ -1,0 +1,98 @@
+"""The replication engine interface: positions, commit positions, change and primary signals."""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+
+from ..txid import Txid
+
+__all__ = ["Engine", "PositionListener", "PrimaryInfo", "PrimaryListener", "Role"]
+
+PositionListener = Callable[[Txid], None]
+
+
+class Role(enum.Enum):
+    PRIMARY = "primary"
+    REPLICA = "replica"
+
+
+@dataclass(frozen=True)
+class PrimaryInfo:
+    """Who the primary is, as far as the engine knows.
+
+    `role` is this node's role. `primary_id` names the primary node (its machine id or hostname)
+    when the engine knows it; None means the static topology decides.
+    """
+
+    role: Role
+    primary_id: str | None = None
+
+
+PrimaryListener = Callable[[PrimaryInfo], None]
+
+
+class Engine(ABC):
+    """A replication engine under one SQLite database.
+
+    It answers four questions (DESIGN.md, "Engine"): the local `position`; on the primary a
+    `commit_position()` that covers every commit finished before the call; a signal each time the
+    position advances (listeners registered with `on_position`); and who the primary is
+    (`primary`, with `on_primary_change` listeners for failover).
+
+    Constructors do no I/O; `start()` connects and `aclose()` releases. Use as `async with engine:`.
+    """
+
+    name: str = "engine"
+
+    def __init__(self) -> None:
+        self._position_listeners: list[PositionListener] = []
+        self._primary_listeners: list[PrimaryListener] = []
+
+    @property
+    @abstractmethod
+    def position(self) -> Txid:
+        """The txid the local database holds (on the primary: the latest committed one known)."""
+
+    @property
+    @abstractmethod
+    def primary(self) -> PrimaryInfo:
+        """This node's role and, when the engine knows it, the primary's id."""
+
+    @abstractmethod
+    async def commit_position(self) -> Txid:
+        """On the primary: a txid that covers every commit finished before this call."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook, engines without I/O skip it
+        """Connect to the engine and begin watching for changes."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Stop watching and release every resource."""
+
+    def on_position(self, listener: PositionListener) -> None:
+        """Call `listener(txid)` each time the local position advances."""
+        self._position_listeners.append(listener)
+
+    def on_primary_change(self, listener: PrimaryListener) -> None:
+        """Call `listener(info)` each time the primary or this node's role changes."""
+        self._primary_listeners.append(listener)
+
+    def _publish_position(self, txid: Txid) -> None:
+        for listener in self._position_listeners:
+            listener(txid)
+
+    def _publish_primary(self, info: PrimaryInfo) -> None:
+        for listener in self._primary_listeners:
+            listener(info)
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()

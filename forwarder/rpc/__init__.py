@@ -1,0 +1,1 @@
+"""Calls from replicas to `@primary_only` functions on the primary."""

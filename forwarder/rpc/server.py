@@ -1,0 +1,110 @@
+"""The primary side of RPC: `POST /_forwarder/rpc/<name>`, served by the middleware."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
+
+from ..exceptions import ForwarderError, RPCAuthError, RPCError, RPCValidationError
+from .signing import SIGNATURE_HEADER
+from .wire import RPC_PATH_PREFIX, RPCCall
+
+if TYPE_CHECKING:
+    from ..runtime import Forwarder
+
+__all__ = ["MAX_RPC_BODY", "serve_rpc"]
+
+logger = logging.getLogger("forwarder.rpc")
+
+MAX_RPC_BODY = 8 * 1024 * 1024
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, type: str, message: str, *, retryable: bool = False) -> None:
+        self.status, self.type, self.message, self.retryable = status, type, message, retryable
+
+
+def _failure(status: int, type: str, message: str, *, retryable: bool = False) -> JSONResponse:
+    return JSONResponse({"error": {"type": type, "message": message, "retryable": retryable}}, status_code=status)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Refused(400, "Disconnected", "the client disconnected before sending the whole body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_RPC_BODY:
+            raise _Refused(413, "BodyTooLarge", f"RPC bodies are limited to {MAX_RPC_BODY} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def serve_rpc(forwarder: Forwarder, scope: Scope, receive: Receive, send: Send) -> None:
+    """Verify, validate and run one call, then reply with the result and the txid covering it."""
+    response = await _handle(forwarder, scope, receive)
+    await response(scope, receive, send)
+
+
+async def _handle(forwarder: Forwarder, scope: Scope, receive: Receive) -> JSONResponse:
+    path: str = scope["path"]
+    name = path[len(RPC_PATH_PREFIX) :]
+    headers = Headers(scope=scope)
+    try:
+        if scope["method"] != "POST":
+            raise _Refused(405, "MethodNotAllowed", f"RPC calls use POST, not {scope['method']}")
+        if "fly-client-ip" in headers:
+            # Fly's public proxy adds Fly-Client-IP; calls between nodes go over the private network.
+            raise _Refused(403, "Forbidden", "RPC is only served on the private network, not through the public proxy")
+        body = await _read_body(receive)
+        forwarder.signature_verifier.verify(headers.get(SIGNATURE_HEADER), "POST", path, body)
+        if not forwarder.is_primary:
+            raise _Refused(
+                503, "NotPrimary", f"node {forwarder.topology.node_id} is not the primary any more", retryable=True
+            )
+        remote = forwarder.registry.get(name)
+        try:
+            call = RPCCall.model_validate_json(body)
+        except ValidationError as exc:
+            raise _Refused(400, "BadRequest", f"malformed RPC body: {_summary(exc)}") from None
+        args, kwargs = remote.decode_arguments(call.args, call.kwargs)
+    except _Refused as refused:
+        return _failure(refused.status, refused.type, refused.message, retryable=refused.retryable)
+    except RPCError as exc:
+        if isinstance(exc, RPCAuthError):
+            logger.warning("refused RPC call to %s: %s", name, exc.message)
+        return _failure(exc.status, type(exc).__name__, exc.message, retryable=exc.retryable)
+
+    try:
+        result = await remote.invoke(args, kwargs)
+        data: Any = remote.encode_result(result)
+    except RPCValidationError as exc:
+        return _failure(exc.status, type(exc).__name__, exc.message)
+    except ValidationError as exc:
+        return _failure(422, "ValidationError", _summary(exc))
+    except RPCError as exc:
+        return _failure(exc.status, type(exc).__name__, exc.message, retryable=exc.retryable)
+    except ForwarderError as exc:
+        logger.exception("RPC %s failed", name)
+        return _failure(500, type(exc).__name__, str(exc))
+    except Exception as exc:
+        logger.exception("RPC %s raised", name)
+        return _failure(500, type(exc).__name__, str(exc))
+    txid = await forwarder.commit_position()
+    return JSONResponse(
+        {"result": data, "txid": str(txid)},
+        headers={"forwarder-txid": str(txid), "forwarder-node": forwarder.topology.node_id},
+    )
+
+
+def _summary(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())

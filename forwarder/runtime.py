@@ -1,0 +1,282 @@
+"""`Forwarder`: one node's engine, tracker, topology, database and connection to the primary."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from . import context
+from .database import Database
+from .engines.base import Engine, PrimaryInfo, Role
+from .exceptions import ConfigurationError, ReplicationTimeout
+from .rpc.client import RPCClient
+from .rpc.registry import Registry, RemoteFunction, default_registry
+from .rpc.signing import SignatureVerifier
+from .settings import ForwarderSettings
+from .topology import Topology
+from .tracker import Tracker
+from .txid import Txid
+
+__all__ = ["Forwarder"]
+
+logger = logging.getLogger("forwarder")
+
+
+class _State(enum.Enum):
+    UNOPENED = 1
+    OPENED = 2
+    CLOSED = 3
+
+
+class Forwarder:
+    """Everything one node needs to act as part of a single-node-looking app.
+
+    Build it from the environment with `Forwarder.from_settings()`, wrap the app with
+    `ForwarderMiddleware(app, forwarder=forwarder)` (which starts and stops it in the app's
+    lifespan), and decorate write functions with `@primary_only`.
+
+    ```python
+    forwarder = Forwarder.from_settings()
+    app = ForwarderMiddleware(Starlette(routes=routes), forwarder=forwarder)
+    ```
+
+    Parameters (all keyword-only; `from_settings` fills them from `FORWARDER_*`):
+    `engine` the replication engine; `topology` this node and the primary; `secret` the shared
+    RPC secret (required on replicas); `registry` of `@primary_only` functions; `database` path
+    of the SQLite file; the timeouts in seconds; `transport` an httpx transport for the
+    connection to the primary (tests pass `httpx.ASGITransport(app=primary_app)`).
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        topology: Topology,
+        secret: str | None = None,
+        registry: Registry | None = None,
+        database: str | None = None,
+        rpc_timeout: float = 5.0,
+        forward_timeout: float = 30.0,
+        connect_timeout: float = 2.0,
+        replication_timeout: float = 5.0,
+        signature_max_age: float = 60.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if topology.role is Role.REPLICA and not secret:
+            raise ConfigurationError(
+                "FORWARDER_SECRET is not set: a replica signs its calls to the primary with it; "
+                "set the same random value on every node"
+            )
+        self.engine = engine
+        self.topology = topology
+        self.registry = registry or default_registry
+        self.tracker = Tracker()
+        self.rpc_timeout = rpc_timeout
+        self.forward_timeout = forward_timeout
+        self.connect_timeout = connect_timeout
+        self.replication_timeout = replication_timeout
+        self._secret = (secret or "").encode()
+        self._transport = transport
+        self._verifier = SignatureVerifier(self._secret, max_age=signature_max_age) if secret else None
+        self.database = Database(database, is_primary=lambda: self.is_primary) if database else None
+        self._client: httpx.AsyncClient | None = None
+        self._rpc: RPCClient | None = None
+        self._state = _State.UNOPENED
+        engine.on_position(self.tracker.advance)
+        engine.on_primary_change(self._follow_primary)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: ForwarderSettings | None = None,
+        *,
+        engine: Engine | None = None,
+        registry: Registry | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> Forwarder:
+        """Build a node from `ForwarderSettings` (read from the environment when not given)."""
+        settings = settings or ForwarderSettings.load()
+        role = settings.resolved_role
+        if engine is None:
+            engine = _engine_from(settings)
+        if role is None:
+            role = engine.primary.role.value
+        topology = Topology(
+            node_id=settings.node_id,
+            region=settings.region,
+            role=Role(role),
+            primary_url=settings.primary_url,
+            primary_id=settings.primary_id or (settings.node_id if role == "primary" else None),
+            primary_region=settings.primary_region,
+            app_name=settings.app_name,
+            port=settings.port,
+        )
+        return cls(
+            engine=engine,
+            topology=topology,
+            secret=settings.secret.get_secret_value() if settings.secret else None,
+            registry=registry,
+            database=str(settings.database),
+            rpc_timeout=settings.rpc_timeout,
+            forward_timeout=settings.forward_timeout,
+            connect_timeout=settings.connect_timeout,
+            replication_timeout=settings.replication_timeout,
+            signature_max_age=settings.signature_max_age,
+            transport=transport,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the engine, prepare the database and open the connection pool to the primary."""
+        if self._state is not _State.UNOPENED:
+            raise RuntimeError("a Forwarder can be started only once; create a new one")
+        self._state = _State.OPENED
+        await self.engine.start()
+        self.tracker.reset(self.engine.position)
+        self._follow_primary(self.engine.primary)
+        if self.database is not None:
+            self.database.initialize()
+        context._running.append(self)
+        logger.info(
+            "forwarder node %s (%s) started as %s on %s, position %s",
+            self.topology.node_id,
+            self.topology.region,
+            self.topology.role.value,
+            self.engine.name,
+            self.tracker.position,
+        )
+
+    async def aclose(self) -> None:
+        """Close the connection pool and stop the engine."""
+        if self._state is not _State.OPENED:
+            return
+        self._state = _State.CLOSED
+        if self in context._running:
+            context._running.remove(self)
+        if self._client is not None:
+            await self._client.aclose()
+        await self.engine.aclose()
+
+    async def __aenter__(self) -> Forwarder:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    @contextmanager
+    def activate(self) -> Iterator[Forwarder]:
+        """Make `@primary_only` calls in this block use this forwarder (when several run in one process)."""
+        token = context._current.set(self)
+        try:
+            yield self
+        finally:
+            context._current.reset(token)
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        """True between `start()` and `aclose()`."""
+        return self._state is _State.OPENED
+
+    @property
+    def is_primary(self) -> bool:
+        return self.topology.is_primary
+
+    @property
+    def signature_verifier(self) -> SignatureVerifier:
+        if self._verifier is None:
+            raise ConfigurationError(
+                "this node has no FORWARDER_SECRET, so it cannot check RPC signatures; "
+                "set the same FORWARDER_SECRET on every node"
+            )
+        return self._verifier
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The keep-alive connection pool to the primary (rebuilt when the primary changes)."""
+        if self._client is None:
+            url = self.topology.primary_url
+            if not url:
+                raise ConfigurationError(
+                    f"node {self.topology.node_id} does not know the primary's URL; set FORWARDER_PRIMARY_URL "
+                    "(or FLY_APP_NAME on Fly, so it can be derived from the primary's machine id)"
+                )
+            timeout = httpx.Timeout(self.forward_timeout, connect=self.connect_timeout)
+            limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+            self._client = httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits, transport=self._transport)
+        return self._client
+
+    @property
+    def rpc(self) -> RPCClient:
+        if self._rpc is None or self._rpc_client_of is not self.client:
+            self._rpc = RPCClient(self.client, self._secret, timeout=self.rpc_timeout)
+            self._rpc_client_of = self.client
+        return self._rpc
+
+    _rpc_client_of: httpx.AsyncClient | None = None
+
+    def _follow_primary(self, info: PrimaryInfo) -> None:
+        before = (self.topology.role, self.topology.primary_url)
+        self.topology.follow(info)
+        if (self.topology.role, self.topology.primary_url) != before:
+            logger.warning(
+                "primary changed: this node is %s, primary %s at %s",
+                self.topology.role.value,
+                self.topology.primary_id,
+                self.topology.primary_url,
+            )
+            if self._client is not None and self.topology.primary_url != before[1]:
+                old, self._client = self._client, None
+                # Requests in flight keep the old pool; it is closed when the event loop collects it.
+                del old
+
+    # -- operations --------------------------------------------------------------------------
+
+    async def commit_position(self) -> Txid:
+        """On the primary: a txid covering every commit finished before this call."""
+        txid = await self.engine.commit_position()
+        self.tracker.advance(txid)
+        return txid
+
+    async def wait_for(self, txid: Txid, timeout: float | None = None) -> Txid:
+        """Wait until this node's replica holds `txid` (default timeout: `replication_timeout`)."""
+        return await self.tracker.wait_for(txid, self.replication_timeout if timeout is None else timeout)
+
+    async def call(self, function: RemoteFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run a registered function on the primary and wait until this replica holds its writes."""
+        if self.is_primary:
+            return await function.invoke(args, kwargs)
+        payload = function.encode_arguments(args, kwargs)
+        data, txid = await self.rpc.call(function.name, payload)
+        result = function.decode_result(data)
+        try:
+            await self.wait_for(txid)
+        except ReplicationTimeout as exc:
+            raise exc.with_result(result) from None
+        return result
+
+
+def _engine_from(settings: ForwarderSettings) -> Engine:
+    if settings.engine == "litestream":
+        from .engines.litestream import LitestreamEngine
+
+        role = Role(settings.resolved_role or "primary")
+        return LitestreamEngine(
+            settings.database, role, socket_path=settings.socket_path, primary_id=settings.primary_id
+        )
+    if settings.engine == "litefs":
+        raise ConfigurationError("FORWARDER_ENGINE=litefs is not available in this version; use litestream")
+    raise ConfigurationError(
+        "FORWARDER_ENGINE=memory is for tests in one process: build MemoryEngine yourself and pass engine="
+    )

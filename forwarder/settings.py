@@ -1,0 +1,115 @@
+"""Settings, read once from the environment (`FORWARDER_*`, and Fly's own variables)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .exceptions import ConfigurationError
+
+__all__ = ["ForwarderSettings"]
+
+
+def _env(name: str, *fly_names: str) -> Any:
+    return AliasChoices(f"FORWARDER_{name.upper()}", name, *fly_names)
+
+
+class ForwarderSettings(BaseSettings):
+    """Every setting of a forwarder node. Each field is read from `FORWARDER_<NAME>`; a few also
+    from the variables Fly.io sets on its machines (`FLY_MACHINE_ID`, `FLY_REGION`,
+    `PRIMARY_REGION`, `FLY_APP_NAME`), the `FORWARDER_` one winning.
+
+    Priority, highest first: arguments to the constructor, environment variables, defaults.
+    Build it once at start-up with `ForwarderSettings.load()`, which turns validation errors into a
+    `ConfigurationError` naming the variable and the fix.
+    """
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    node_id: str = Field(default_factory=socket.gethostname, validation_alias=_env("node_id", "FLY_MACHINE_ID"))
+    """This node's id (on Fly: the machine id). Appears in `Forwarder-Node` and `fly-replay: instance=`."""
+    region: str = Field("local", validation_alias=_env("region", "FLY_REGION"))
+    """This node's region."""
+    primary_region: str | None = Field(None, validation_alias=_env("primary_region", "PRIMARY_REGION"))
+    """The primary's region (on Fly: `primary_region` of fly.toml)."""
+    app_name: str | None = Field(None, validation_alias=_env("app_name", "FLY_APP_NAME"))
+    """The Fly app name, used to build internal URLs `http://<id>.vm.<app>.internal:<port>`."""
+    role: Literal["auto", "primary", "replica"] = Field("auto", validation_alias=_env("role"))
+    """`primary`, `replica`, or `auto`: the engine decides (Litestream: replica when a primary URL is set)."""
+    primary_url: str | None = Field(None, validation_alias=_env("primary_url"))
+    """The primary's internal base URL, e.g. `http://10.0.0.2:8080`. Required on a Litestream replica."""
+    primary_id: str | None = Field(None, validation_alias=_env("primary_id"))
+    """The primary's node id, when known statically."""
+    engine: Literal["litestream", "litefs", "memory"] = Field("litestream", validation_alias=_env("engine"))
+    """The replication engine under the database."""
+    database: Path = Field(Path("data/app.db"), validation_alias=_env("database"))
+    """Path of this node's SQLite database file."""
+    secret: SecretStr | None = Field(None, validation_alias=_env("secret"))
+    """Shared secret that signs RPC calls between nodes. Required on replicas; the same on every node."""
+    litestream_socket: Path | None = Field(None, validation_alias=_env("litestream_socket"))
+    """Litestream's control socket on the primary (default: `<database dir>/litestream.sock`)."""
+    port: int = Field(8080, validation_alias=_env("port"))
+    """The port this node's app listens on (used to build internal URLs)."""
+    rpc_timeout: float = Field(5.0, gt=0, validation_alias=_env("rpc_timeout"))
+    """Seconds to wait for the primary's reply to an RPC call."""
+    forward_timeout: float = Field(30.0, gt=0, validation_alias=_env("forward_timeout"))
+    """Seconds to wait for the primary's response to a forwarded request."""
+    connect_timeout: float = Field(2.0, gt=0, validation_alias=_env("connect_timeout"))
+    """Seconds to wait for a connection to the primary before answering 503."""
+    replication_timeout: float = Field(5.0, gt=0, validation_alias=_env("replication_timeout"))
+    """Seconds a replica waits for its own copy to reach a write's txid."""
+    signature_max_age: float = Field(60.0, gt=0, validation_alias=_env("signature_max_age"))
+    """Seconds an RPC signature stays valid (allowed clock skew between nodes)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> ForwarderSettings:
+        if self.primary_url is not None and not self.primary_url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"FORWARDER_PRIMARY_URL must be an http(s) URL like http://10.0.0.2:8080, got {self.primary_url!r}"
+            )
+        return self
+
+    @property
+    def resolved_role(self) -> Literal["primary", "replica"] | None:
+        """The role when the settings decide it; None when only the engine can (LiteFS)."""
+        if self.role != "auto":
+            return self.role
+        if self.engine == "litestream":
+            return "replica" if self.primary_url else "primary"
+        return None
+
+    @property
+    def socket_path(self) -> Path:
+        """Litestream's control socket path."""
+        return self.litestream_socket or self.database.parent / "litestream.sock"
+
+    @classmethod
+    def load(cls, **overrides: Any) -> ForwarderSettings:
+        """Read the settings from the environment, with `overrides` taking priority.
+
+        Raises `ConfigurationError` that names the variable and what is expected.
+        """
+        try:
+            settings = cls(**overrides)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"FORWARDER_{'_'.join(str(p) for p in err['loc']).upper() or '?'}: {err['msg']}" for err in exc.errors()
+            )
+            raise ConfigurationError(f"invalid forwarder settings: {problems}") from None
+        if settings.resolved_role == "replica":
+            if settings.secret is None or not settings.secret.get_secret_value():
+                raise ConfigurationError(
+                    "FORWARDER_SECRET is not set: a replica signs its calls to the primary with it. "
+                    "Set the same random value on every node, "
+                    "e.g. `fly secrets set FORWARDER_SECRET=$(openssl rand -hex 32)`"
+                )
+            if settings.engine == "litestream" and not settings.primary_url:
+                raise ConfigurationError(
+                    "FORWARDER_PRIMARY_URL is not set: a Litestream replica must know where the primary is "
+                    "(e.g. http://10.0.0.2:8080)"
+                )
+        return settings

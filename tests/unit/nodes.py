@@ -1,0 +1,59 @@
+"""Two forwarder nodes in one process: a primary and a replica on the memory engine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+from starlette.types import ASGIApp
+
+from forwarder import Forwarder, ForwarderMiddleware, MemoryEngine, MemoryLog, Registry, Role, Topology
+
+SECRET = "test-secret"
+
+
+@dataclass
+class Nodes:
+    log: MemoryLog
+    primary: Forwarder
+    replica: Forwarder
+    replica_engine: MemoryEngine
+    primary_app: ASGIApp
+    replica_app: ASGIApp
+
+    def client(self, app: ASGIApp) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+
+
+@asynccontextmanager
+async def two_nodes(
+    make_app: Callable[[], ASGIApp],
+    *,
+    registry: Registry | None = None,
+    primary_transport: httpx.AsyncBaseTransport | None = None,
+    replication_timeout: float = 2.0,
+) -> AsyncIterator[Nodes]:
+    """Start a primary and a replica around `make_app()`; the replica reaches the primary in-process."""
+    registry = registry or Registry()
+    log = MemoryLog()
+    primary = Forwarder(
+        engine=MemoryEngine(log, Role.PRIMARY),
+        topology=Topology("node-p", "fra", Role.PRIMARY, primary_id="node-p"),
+        secret=SECRET,
+        registry=registry,
+    )
+    primary_app = ForwarderMiddleware(make_app(), forwarder=primary)
+    replica_engine = MemoryEngine(log, Role.REPLICA, primary_id="node-p")
+    replica = Forwarder(
+        engine=replica_engine,
+        topology=Topology("node-r", "ams", Role.REPLICA, primary_url="http://primary", primary_id="node-p"),
+        secret=SECRET,
+        registry=registry,
+        replication_timeout=replication_timeout,
+        transport=primary_transport or httpx.ASGITransport(app=primary_app),
+    )
+    replica_app = ForwarderMiddleware(make_app(), forwarder=replica)
+    async with primary, replica:
+        yield Nodes(log, primary, replica, replica_engine, primary_app, replica_app)

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import asyncio
+
+import anyio
+import pytest
+
+from forwarder import ReplicationTimeout, Tracker, Txid
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_returns_at_once_when_already_reached() -> None:
+    tracker = Tracker(Txid(5))
+    assert await tracker.wait_for(Txid(5), timeout=0) == 5
+    assert await tracker.wait_for(Txid(1), timeout=0) == 5
+    assert tracker.waiting == 0
+
+
+async def test_wakes_exactly_the_reached_waiters() -> None:
+    tracker = Tracker()
+    woken: list[int] = []
+
+    async def wait(txid: int) -> None:
+        await tracker.wait_for(Txid(txid), timeout=5)
+        woken.append(txid)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for txid in (3, 1, 2, 5):
+                tg.start_soon(wait, txid)
+            await anyio.wait_all_tasks_blocked()
+            assert tracker.waiting == 4
+            tracker.advance(Txid(2))
+            await anyio.wait_all_tasks_blocked()
+            assert sorted(woken) == [1, 2]
+            assert tracker.waiting == 2
+            tracker.advance(Txid(10))
+    assert sorted(woken) == [1, 2, 3, 5]
+    assert tracker.waiting == 0
+
+
+async def test_ignores_positions_going_backwards_but_reset_moves_them() -> None:
+    tracker = Tracker(Txid(7))
+    tracker.advance(Txid(3))
+    assert tracker.position == 7
+    tracker.reset(Txid(3))
+    assert tracker.position == 3
+
+
+async def test_timeout_raises_with_positions_and_leaves_nothing_behind() -> None:
+    tracker = Tracker(Txid(1))
+    with pytest.raises(ReplicationTimeout) as caught:
+        await tracker.wait_for(Txid(9), timeout=0.01)
+    assert caught.value.txid == 9 and caught.value.position == 1
+    assert not caught.value.committed
+    assert "0000000000000009" in str(caught.value)
+    assert tracker.waiting == 0
+    tracker.advance(Txid(20))  # the abandoned entry is popped without error
+    assert tracker.waiting == 0
+
+
+async def test_cancellation_removes_the_waiter() -> None:
+    tracker = Tracker()
+    task = asyncio.create_task(tracker.wait_for(Txid(4), timeout=None))
+    await asyncio.sleep(0)
+    assert tracker.waiting == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert tracker.waiting == 0
+    tracker.advance(Txid(4))
+    assert tracker.waiting == 0
+
+
+async def test_advance_between_check_and_wait_is_not_lost() -> None:
+    # The waiter registers synchronously with its check, so an advance scheduled right after
+    # (before the waiter ever suspends) still wakes it.
+    tracker = Tracker()
+    loop = asyncio.get_running_loop()
+    loop.call_soon(tracker.advance, Txid(1))
+    with anyio.fail_after(1):
+        assert await tracker.wait_for(Txid(1), timeout=None) == 1
+
+
+async def test_many_timeouts_do_not_grow_the_heap_without_bound() -> None:
+    tracker = Tracker()
+    for _ in range(3):
+        async with anyio.create_task_group() as tg:
+            for i in range(500):
+                tg.start_soon(_swallow_timeout, tracker, Txid(1000 + i))
+    assert tracker.waiting == 0
+    assert len(tracker._waiters) < 200
+
+
+async def _swallow_timeout(tracker: Tracker, txid: Txid) -> None:
+    with pytest.raises(ReplicationTimeout):
+        await tracker.wait_for(txid, timeout=0.001)
+
+
+async def test_one_advance_wakes_ten_thousand_waiters() -> None:
+    tracker = Tracker()
+    with anyio.fail_after(10):
+        tasks = [asyncio.create_task(tracker.wait_for(Txid(1 + i % 50), timeout=None)) for i in range(10_000)]
+        await asyncio.sleep(0)
+        assert tracker.waiting == 10_000
+        tracker.advance(Txid(50))
+        results = await asyncio.gather(*tasks)
+    assert set(results) == {50}
+    assert tracker.waiting == 0
+
+
+def test_committed_timeout_carries_the_result() -> None:
+    error = ReplicationTimeout(5, 3, 1.0).with_result({"id": 1})
+    assert error.committed and error.result == {"id": 1}
+    assert "committed on the primary" in str(error)

@@ -9,6 +9,7 @@ ForwarderError
 │   └── PositionFormatError              a position file or reply that cannot be parsed
 ├── ReplicationTimeout                   the local replica did not reach a txid in time
 ├── PrimaryUnavailable                   the primary cannot be reached (nothing was executed)
+├── MustRunOnPrimary                     raised on a replica by a @primary_endpoint; the middleware forwards
 ├── OutcomeUnknown                       a request reached the primary but no answer came back
 └── RPCError                             a call to a @primary_only function failed
     ├── RPCAuthError                     401: missing, forged, expired or replayed signature
@@ -32,6 +33,7 @@ __all__ = [
     "EngineUnavailable",
     "ForwarderError",
     "InvalidTxid",
+    "MustRunOnPrimary",
     "OutcomeUnknown",
     "PositionFormatError",
     "PrimaryUnavailable",
@@ -99,6 +101,14 @@ class ReplicationTimeout(ForwarderError):
 
 class PrimaryUnavailable(ForwarderError):
     """The primary could not be reached; the request or call was not executed there."""
+
+
+class MustRunOnPrimary(ForwarderError):
+    """Raised on a replica by an endpoint marked `@primary_endpoint`, before it does anything.
+
+    `ForwarderMiddleware` catches it and forwards the request (or websocket) to the primary; an
+    app only sees it when the middleware is missing.
+    """
 
 
 class OutcomeUnknown(ForwarderError):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -14,7 +16,10 @@ import httpx
 from . import context
 from .database import Database
 from .engines.base import Engine, PrimaryInfo, Role
-from .exceptions import ConfigurationError, ReplicationTimeout
+from .exceptions import ConfigurationError, ForwarderError, ReplicationTimeout
+from .lag import LagMeter
+from .metrics import Metrics
+from .policy import RoutingPolicy
 from .rpc.client import RPCClient
 from .rpc.registry import Registry, RemoteFunction, default_registry
 from .rpc.signing import SignatureVerifier
@@ -66,6 +71,9 @@ class Forwarder:
         connect_timeout: float = 2.0,
         replication_timeout: float = 5.0,
         signature_max_age: float = 60.0,
+        policy: RoutingPolicy | None = None,
+        max_lag: float = 30.0,
+        lag_probe_interval: float = 0.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if topology.role is Role.REPLICA and not secret:
@@ -81,6 +89,12 @@ class Forwarder:
         self.forward_timeout = forward_timeout
         self.connect_timeout = connect_timeout
         self.replication_timeout = replication_timeout
+        self.policy = policy or RoutingPolicy()
+        self.max_lag = max_lag
+        self.lag_probe_interval = lag_probe_interval
+        self.lag_meter = LagMeter()
+        self.metrics = Metrics(self)
+        self._probe: asyncio.Task[None] | None = None
         self._secret = (secret or "").encode()
         self._transport = transport
         self._verifier = SignatureVerifier(self._secret, max_age=signature_max_age) if secret else None
@@ -128,6 +142,9 @@ class Forwarder:
             connect_timeout=settings.connect_timeout,
             replication_timeout=settings.replication_timeout,
             signature_max_age=settings.signature_max_age,
+            policy=settings.routing_policy(),
+            max_lag=settings.max_lag,
+            lag_probe_interval=settings.lag_probe_interval,
             transport=transport,
         )
 
@@ -144,6 +161,8 @@ class Forwarder:
         if self.database is not None:
             self.database.initialize()
         context._running.append(self)
+        if self.lag_probe_interval > 0:
+            self._probe = asyncio.create_task(self._probe_primary(), name="forwarder-lag-probe")
         logger.info(
             "forwarder node %s (%s) started as %s on %s, position %s",
             self.topology.node_id,
@@ -160,6 +179,9 @@ class Forwarder:
         self._state = _State.CLOSED
         if self in context._running:
             context._running.remove(self)
+        if self._probe is not None:
+            self._probe.cancel()
+            await asyncio.gather(self._probe, return_exceptions=True)
         if self._client is not None:
             await self._client.aclose()
         await self.engine.aclose()
@@ -249,22 +271,60 @@ class Forwarder:
         self.tracker.advance(txid)
         return txid
 
-    async def wait_for(self, txid: Txid, timeout: float | None = None) -> Txid:
-        """Wait until this node's replica holds `txid` (default timeout: `replication_timeout`)."""
-        return await self.tracker.wait_for(txid, self.replication_timeout if timeout is None else timeout)
+    async def wait_for(self, txid: Txid, timeout: float | None = None, *, cause: str = "write") -> Txid:
+        """Wait until this node's replica holds `txid` (default timeout: `replication_timeout`).
+
+        `txid` is known to be committed on the primary, so it also feeds the lag measurement.
+        `cause` labels the wait in the metrics (`write`, `rpc`, `cookie`).
+        """
+        if cause != "cookie":
+            self.lag_meter.observe(txid, self.tracker.position)
+        started = time.perf_counter()
+        try:
+            position = await self.tracker.wait_for(txid, self.replication_timeout if timeout is None else timeout)
+        except ReplicationTimeout:
+            self.metrics.waited(cause, time.perf_counter() - started, timed_out=True)
+            raise
+        self.metrics.waited(cause, time.perf_counter() - started)
+        return position
+
+    def lag(self) -> float:
+        """Seconds this replica has been behind a txid known to be on the primary (0 on the primary)."""
+        return 0.0 if self.is_primary else self.lag_meter.lag(self.tracker.position)
+
+    async def _probe_primary(self) -> None:
+        """On a replica, learn the primary's txid now and then, so lag is measured even when idle."""
+        while True:
+            await asyncio.sleep(self.lag_probe_interval)
+            if self.is_primary or not self.topology.primary_url:
+                continue
+            try:
+                response = await self.client.get("/_forwarder/health", timeout=self.connect_timeout)
+                txid = Txid.parse(response.json()["txid"])
+            except (httpx.HTTPError, ValueError, KeyError, TypeError, ForwarderError) as exc:
+                logger.debug("lag probe of the primary failed: %s", exc)
+                continue
+            self.lag_meter.observe(txid, self.tracker.position)
 
     async def call(self, function: RemoteFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run a registered function on the primary and wait until this replica holds its writes."""
         if self.is_primary:
             return await function.invoke(args, kwargs)
-        payload = function.encode_arguments(args, kwargs)
-        data, txid = await self.rpc.call(function.name, payload)
-        result = function.decode_result(data)
+        started = time.perf_counter()
+        outcome = "error"
         try:
-            await self.wait_for(txid)
-        except ReplicationTimeout as exc:
-            raise exc.with_result(result) from None
-        return result
+            payload = function.encode_arguments(args, kwargs)
+            data, txid = await self.rpc.call(function.name, payload)
+            result = function.decode_result(data)
+            try:
+                await self.wait_for(txid, cause="rpc")
+            except ReplicationTimeout as exc:
+                outcome = "lagging"
+                raise exc.with_result(result) from None
+            outcome = "ok"
+            return result
+        finally:
+            self.metrics.rpc(function.name, outcome, time.perf_counter() - started)
 
 
 def _engine_from(settings: ForwarderSettings) -> Engine:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .exceptions import ConfigurationError
+from .policy import CookiePolicy, RoutingPolicy
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
 
 __all__ = ["ForwarderSettings"]
 
@@ -64,6 +67,62 @@ class ForwarderSettings(BaseSettings):
     """Seconds a replica waits for its own copy to reach a write's txid."""
     signature_max_age: float = Field(60.0, gt=0, validation_alias=_env("signature_max_age"))
     """Seconds an RPC signature stays valid (allowed clock skew between nodes)."""
+    mode: Literal["auto", "proxy", "replay"] = Field("auto", validation_alias=_env("mode"))
+    """How writes reach the primary: `proxy`, `replay` (fly-replay), or `auto` (replay behind Fly for small bodies)."""
+    read_methods: CommaList = Field(("GET", "HEAD", "OPTIONS"), validation_alias=_env("read_methods"))
+    """Comma-separated methods served locally on a replica; every other method is a write."""
+    passthrough: CommaList = Field((), validation_alias=_env("passthrough"))
+    """Comma-separated path globs served where they land, never forwarded (e.g. `/static/*`)."""
+    always_forward: CommaList = Field((), validation_alias=_env("always_forward"))
+    """Comma-separated path globs always run on the primary, whatever the method."""
+    on_lag: Literal["forward", "error", "stale"] = Field("forward", validation_alias=_env("on_lag"))
+    """What a replica does with a read it cannot make consistent in time: forward it, 504, or serve stale."""
+    cookie_name: str = Field("__txid", min_length=1, validation_alias=_env("cookie_name"))
+    """Name of the read-your-writes cookie (the LiteFS proxy's name by default)."""
+    cookie_max_age: int = Field(300, ge=1, validation_alias=_env("cookie_max_age"))
+    """Seconds the cookie lives."""
+    cookie_secure: bool | None = Field(None, validation_alias=_env("cookie_secure"))
+    """Add `Secure`: true, false, or unset to add it on https requests only."""
+    cookie_same_site: Literal["lax", "strict", "none"] = Field("lax", validation_alias=_env("cookie_same_site"))
+    """The cookie's SameSite attribute."""
+    replay_timeout: str | None = Field(None, pattern=r"^\d+(ms|s)$", validation_alias=_env("replay_timeout"))
+    """`timeout` field of fly-replay, e.g. `5s` or `800ms`."""
+    replay_fallback: Literal["prefer_self", "force_self"] | None = Field(None, validation_alias=_env("replay_fallback"))
+    """`fallback` field of fly-replay: where Fly delivers a replay that could not reach the primary."""
+    max_lag: float = Field(30.0, gt=0, validation_alias=_env("max_lag"))
+    """Seconds of replica lag after which `/_forwarder/health` answers 503."""
+    lag_probe_interval: float = Field(1.0, ge=0, validation_alias=_env("lag_probe_interval"))
+    """Seconds between a replica's probes of the primary's txid (for lag); 0 turns probing off."""
+
+    @field_validator("read_methods", "passthrough", "always_forward", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
+
+    @field_validator("read_methods")
+    @classmethod
+    def _upper(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(method.upper() for method in value)
+
+    def routing_policy(self) -> RoutingPolicy:
+        """The middleware's policy from these settings."""
+        return RoutingPolicy(
+            mode=self.mode,
+            read_methods=frozenset(self.read_methods),
+            passthrough=self.passthrough,
+            always_forward=self.always_forward,
+            on_lag=self.on_lag,
+            cookie=CookiePolicy(
+                name=self.cookie_name,
+                max_age=self.cookie_max_age,
+                secure=self.cookie_secure,
+                same_site=self.cookie_same_site,
+            ),
+            replay_timeout=self.replay_timeout,
+            replay_fallback=self.replay_fallback,
+        )
 
     @model_validator(mode="after")
     def _check(self) -> ForwarderSettings:

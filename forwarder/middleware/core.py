@@ -5,32 +5,40 @@ from __future__ import annotations
 import logging
 
 from starlette.datastructures import MutableHeaders
-from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import context
-from ..rpc.server import serve_rpc
-from ..rpc.wire import RPC_PATH_PREFIX
+from ..exceptions import ReplicationTimeout
+from ..policy import RoutingPolicy
 from ..runtime import Forwarder
+from ..txid import Txid
 from . import headers as h
-from .internal import INTERNAL_PREFIX, serve_health
+from .classify import Kind, classify
+from .cookie import clear_cookie, read_cookie, set_cookie
+from .discovery import BodyRecorder, HeldErrorResponse, needs_primary
+from .internal import serve_internal
 from .proxy import forward_http, unavailable
+from .replay import came_through_fly_proxy, replay_headers, replayable_size
+from .websocket import deny_websocket, relay_websocket, supports_denial
 
 __all__ = ["ForwarderMiddleware"]
 
 logger = logging.getLogger("forwarder.middleware")
 
-DEFAULT_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Values of `state=` in our fly-replay headers: a replayed request carrying one of them in
+# `fly-replay-src` has already made its hop.
+_OUR_STATES = frozenset({"method", "always_forward", "readonly", "endpoint", "lag"})
 
 
 class ForwarderMiddleware:
     """Make a multi-node app behave as one node: reads local, writes on the primary.
 
-    On the primary every request goes to the app, and responses to writes carry
-    `Forwarder-Txid`. On a replica reads are served locally and writes (any method not in
-    `read_methods`) are streamed to the primary; the response is held until this replica holds
-    the write's txid, so the client's next read here sees it. `/_forwarder/rpc/<name>` runs
-    `@primary_only` functions and `/_forwarder/health` reports the node's state.
+    On the primary every request reaches the app; write responses carry `Forwarder-Txid` and
+    the read-your-writes cookie. On a replica, reads are served locally (after waiting for the
+    cookie's txid), and writes go to the primary by proxy or `fly-replay` (see `RoutingPolicy`).
+    A read whose app raises SQLite's read-only error, or hits a `@primary_endpoint`, is forwarded
+    before anything reaches the client. `/_forwarder/rpc/<name>` serves `@primary_only` calls,
+    `/_forwarder/health` and `/_forwarder/metrics` report on the node.
 
     The middleware also starts and stops `forwarder` in the app's lifespan.
 
@@ -39,13 +47,10 @@ class ForwarderMiddleware:
     ```
     """
 
-    def __init__(
-        self, app: ASGIApp, *, forwarder: Forwarder, read_methods: frozenset[str] = DEFAULT_READ_METHODS
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, forwarder: Forwarder, policy: RoutingPolicy | None = None) -> None:
         self.app = app
         self.forwarder = forwarder
-        self.read_methods = frozenset(m.upper() for m in read_methods)
-        self._node = forwarder.topology.node_id.encode()
+        self.policy = policy or forwarder.policy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -56,72 +61,218 @@ class ForwarderMiddleware:
             return
         token = context._current.set(self.forwarder)
         try:
-            if scope["type"] == "websocket":
-                await self.app(scope, receive, send)
-            else:
+            if scope["type"] == "http":
                 await self._http(scope, receive, send)
+            else:
+                await self._websocket(scope, receive, send)
         finally:
             context._current.reset(token)
 
+    # -- HTTP ----------------------------------------------------------------------------------
+
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        forwarder = self.forwarder
-        path: str = scope["path"]
-        if path.startswith(INTERNAL_PREFIX):
-            if path.startswith(RPC_PATH_PREFIX):
-                await serve_rpc(forwarder, scope, receive, send)
-            elif path == INTERNAL_PREFIX + "health":
-                await serve_health(forwarder, scope, receive, send)
-            else:
-                await PlainTextResponse(f"no forwarder endpoint at {path}\n", status_code=404)(scope, receive, send)
-            return
-        is_read = scope["method"] in self.read_methods
-        if forwarder.is_primary:
-            await self.app(scope, receive, self._primary_send(send, is_read))
-            return
+        route = classify(scope["method"], scope["path"], self.policy)
+        if route.kind is Kind.INTERNAL:
+            await serve_internal(self.forwarder, scope, receive, send)
+        elif route.kind is Kind.PASSTHROUGH:
+            await self.app(scope, receive, self._stamped(send))
+        elif self.forwarder.is_primary:
+            await self._on_primary(scope, receive, send, is_read=route.kind is Kind.READ)
+        elif route.kind is Kind.WRITE:
+            await self._forward(scope, receive, send, route.reason)
+        else:
+            await self._read_on_replica(scope, receive, send)
+
+    async def _on_primary(self, scope: Scope, receive: Receive, send: Send, *, is_read: bool) -> None:
+        forwarder, cookie_policy = self.forwarder, self.policy.cookie
         if is_read:
-            await self.app(scope, receive, self._node_send(send))
+            extra: list[tuple[str, str]] = []
+            wanted = read_cookie(scope, cookie_policy)
+            if wanted is not None and wanted > forwarder.tracker.position and wanted > await _fresh_position(forwarder):
+                # Ahead of the primary itself: written before a failover that lost it. Waiting
+                # would never end; drop the cookie.
+                logger.warning("dropping a %s cookie at %s, ahead of the primary", cookie_policy.name, wanted)
+                extra.append(("set-cookie", clear_cookie(cookie_policy, scope)))
+            await self.app(scope, receive, self._stamped(send, extra))
             return
-        if any(k == h.FORWARDED_BY for k, _ in scope["headers"]):
-            # Already forwarded once and still not on the primary: the topology is changing.
-            # Another hop could loop; let the client retry once things settle.
-            await unavailable(
-                f"node {forwarder.topology.node_id} received a forwarded write but is not the primary "
-                "(the primary is changing); retry shortly"
-            )(scope, receive, send)
-            return
-        await forward_http(forwarder, scope, receive, send, reason="method")
-
-    def _node_send(self, send: Send) -> Send:
-        node = self._node
-
-        async def send_with_node(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message).append("forwarder-node", node.decode())
-            await send(message)
-
-        return send_with_node
-
-    def _primary_send(self, send: Send, is_read: bool) -> Send:
-        forwarder = self.forwarder
-        node = self._node.decode()
 
         async def send_with_txid(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                headers.append("forwarder-node", node)
-                if not is_read:
-                    try:
-                        txid = await forwarder.commit_position()
-                    except Exception:
-                        # The write is committed; failing the response now would make the client
-                        # think it was not. Say that replicas cannot wait for it instead.
-                        logger.exception("could not read the commit position after a write")
-                        headers.append("forwarder-stale", "1")
-                    else:
-                        headers.append("forwarder-txid", str(txid))
+                headers.append("forwarder-node", forwarder.topology.node_id)
+                try:
+                    txid = await forwarder.commit_position()
+                except Exception:
+                    # The write is committed; failing the response now would make the client think
+                    # it was not. Tell replicas there is nothing to wait for instead.
+                    logger.exception("could not read the commit position after a write")
+                    headers.append("forwarder-stale", "1")
+                else:
+                    headers.append("forwarder-txid", str(txid))
+                    headers.append("set-cookie", set_cookie(cookie_policy, scope, txid))
             await send(message)
 
-        return send_with_txid
+        await self.app(scope, receive, send_with_txid)
+
+    async def _read_on_replica(self, scope: Scope, receive: Receive, send: Send) -> None:
+        forwarder = self.forwarder
+        stale = False
+        wanted = None if _already_hopped(scope) else read_cookie(scope, self.policy.cookie)
+        if wanted is not None and wanted > forwarder.tracker.position:
+            try:
+                await forwarder.wait_for(wanted, cause="cookie")
+            except ReplicationTimeout as exc:
+                if self.policy.on_lag == "forward":
+                    await self._forward(scope, receive, send, "lag")
+                    return
+                if self.policy.on_lag == "error":
+                    await unavailable(f"{exc}", status=504, retry_after=None)(scope, receive, send)
+                    return
+                stale = True
+        recorder = BodyRecorder(receive, self.policy.max_buffered_body)
+        held = HeldErrorResponse(self._stamped(send, [("forwarder-stale", "1")] if stale else []))
+        try:
+            await self.app(scope, recorder, held)
+        except Exception as exc:
+            reason = needs_primary(exc)
+            if reason is None or held.started:
+                await held.release()
+                raise
+            body = await recorder.rest()
+            if body is None:
+                await held.release()
+                raise
+            held.discard()
+            logger.info("%s %s needs the primary (%s); forwarding it", scope["method"], scope["path"], reason)
+            await self._forward(scope, receive, send, reason, body=body)
+            return
+        await held.release()
+
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, reason: str, *, body: bytes | None = None
+    ) -> None:
+        """Send a request that must run on the primary there, by replay or by proxy."""
+        forwarder = self.forwarder
+        if _already_hopped(scope):
+            # Forwarded once and still not on the primary: the primary is changing. Another hop
+            # could loop; the client retries once things settle.
+            await unavailable(
+                f"node {forwarder.topology.node_id} received a forwarded request but is not the primary "
+                "(the primary is changing); retry shortly"
+            )(scope, receive, send)
+            return
+        replay_failed = _header(scope, b"fly-replay-failed")
+        if self._replays(scope, body) and replay_failed is None:
+            replay = replay_headers(forwarder.topology, self.policy, reason)
+            if replay is not None:
+                forwarder.metrics.forwarded("replay", reason)
+                logger.info(
+                    "replaying %s %s to the primary with fly-replay: %s (%s)",
+                    scope["method"],
+                    scope["path"],
+                    replay[0][1].decode(),
+                    reason,
+                )
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 409,
+                        "headers": [
+                            *replay,
+                            (b"content-length", b"0"),
+                            (h.NODE, forwarder.topology.node_id.encode()),
+                            (h.FORWARDED_VIA, b"replay"),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+        if replay_failed is not None:
+            # The Fly proxy could not reach the primary and delivered the request back here
+            # (fallback); a fallback cannot replay again, so try the private network directly.
+            logger.warning("fly-replay to the primary failed (%s); proxying instead", replay_failed)
+        forwarder.metrics.forwarded("proxy", reason)
+        await forward_http(forwarder, scope, receive, send, reason=reason, body=body)
+
+    def _replays(self, scope: Scope, body: bytes | None) -> bool:
+        mode = self.policy.mode
+        if mode == "replay":
+            return True
+        return mode == "auto" and came_through_fly_proxy(scope) and replayable_size(scope, body)
+
+    def _stamped(self, send: Send, extra: list[tuple[str, str]] | None = None) -> Send:
+        node = self.forwarder.topology.node_id
+
+        async def send_stamped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.append("forwarder-node", node)
+                for name, value in extra or ():
+                    headers.append(name, value)
+            await send(message)
+
+        return send_stamped
+
+    # -- websockets ----------------------------------------------------------------------------
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = classify("GET", scope["path"], self.policy)
+        if self.forwarder.is_primary or route.kind in (Kind.PASSTHROUGH, Kind.INTERNAL):
+            await self.app(scope, receive, send)
+            return
+        if route.kind is Kind.WRITE:
+            await self._forward_websocket(scope, receive, send, route.reason)
+            return
+        # Let the app run; if it turns out to be a @primary_endpoint (it raises before accepting),
+        # forward the handshake instead.
+        first: list[Message] = []
+        sent = False
+
+        async def recording_receive() -> Message:
+            message = await receive()
+            if not first:
+                first.append(message)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal sent
+            sent = True
+            await send(message)
+
+        try:
+            await self.app(scope, recording_receive, tracking_send)
+        except Exception as exc:
+            reason = needs_primary(exc)
+            if reason is None or sent:
+                raise
+            replayed = list(first)
+
+            async def replaying_receive() -> Message:
+                return replayed.pop(0) if replayed else await receive()
+
+            await self._forward_websocket(scope, replaying_receive, send, reason)
+
+    async def _forward_websocket(self, scope: Scope, receive: Receive, send: Send, reason: str) -> None:
+        forwarder = self.forwarder
+        if _already_hopped(scope):
+            if supports_denial(scope):
+                await deny_websocket(send, 503, [(b"retry-after", b"1")], b"the primary is changing; retry shortly")
+            else:
+                await send({"type": "websocket.close", "code": 1013, "reason": "the primary is changing"})
+            return
+        wants_replay = self.policy.mode == "replay" or (self.policy.mode == "auto" and came_through_fly_proxy(scope))
+        replay = replay_headers(forwarder.topology, self.policy, reason) if wants_replay else None
+        if replay is not None and supports_denial(scope):
+            # Never accept (101) on the replica: the Fly proxy replays the handshake itself.
+            forwarder.metrics.forwarded("replay", reason)
+            logger.info("replaying websocket %s to the primary (%s)", scope["path"], reason)
+            await deny_websocket(
+                send, 409, [*replay, (h.NODE, forwarder.topology.node_id.encode()), (h.FORWARDED_VIA, b"replay")]
+            )
+            return
+        await relay_websocket(forwarder, scope, receive, send)
+
+    # -- lifespan ------------------------------------------------------------------------------
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         forwarder = self.forwarder
@@ -151,3 +302,31 @@ class ForwarderMiddleware:
             await send(message)
 
         await self.app(scope, receive_and_start, send_and_stop)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
+def _already_hopped(scope: Scope) -> bool:
+    """Whether this request was already forwarded or replayed by a forwarder node."""
+    if _header(scope, h.FORWARDED_BY) is not None:
+        return True
+    source = _header(scope, b"fly-replay-src")
+    if source is None:
+        return False
+    for field in source.decode("latin-1").replace(",", ";").split(";"):
+        key, _, value = field.strip().partition("=")
+        if key == "state" and value in _OUR_STATES:
+            return True
+    return False
+
+
+async def _fresh_position(forwarder: Forwarder) -> Txid:
+    try:
+        return await forwarder.commit_position()
+    except Exception:
+        return forwarder.tracker.position

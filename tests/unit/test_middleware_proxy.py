@@ -66,6 +66,7 @@ async def test_a_write_on_a_replica_is_forwarded_and_answered_once_the_replica_h
     assert response.headers.get_list("set-cookie") == [
         "a=1; Path=/; SameSite=lax",
         "b=2; Path=/; SameSite=lax",
+        "__txid=0000000000000001; Path=/; Max-Age=300; HttpOnly; SameSite=Lax",
     ]
     assert response.headers["forwarder-node"] == "node-p"
     assert response.headers["forwarder-forwarded"] == "proxy"

@@ -1,0 +1,38 @@
+"""Sort a request into internal, passthrough, read or write, from its method and path alone."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from ..policy import RoutingPolicy
+
+__all__ = ["Kind", "Route", "classify"]
+
+INTERNAL_PREFIX = "/_forwarder/"
+
+
+class Kind(enum.Enum):
+    INTERNAL = "internal"  # forwarder's own endpoints
+    PASSTHROUGH = "passthrough"  # served where it lands, no forwarding, waiting or cookie
+    READ = "read"  # served by the local replica
+    WRITE = "write"  # must run on the primary
+
+
+@dataclass(frozen=True)
+class Route:
+    kind: Kind
+    reason: str  # why: "method", "always_forward", "passthrough", "internal"
+
+
+def classify(method: str, path: str, policy: RoutingPolicy) -> Route:
+    """Internal paths first, then passthrough, then always-forward globs, then the method."""
+    if path.startswith(INTERNAL_PREFIX):
+        return Route(Kind.INTERNAL, "internal")
+    if policy.is_passthrough(path):
+        return Route(Kind.PASSTHROUGH, "passthrough")
+    if policy.is_always_forward(path):
+        return Route(Kind.WRITE, "always_forward")
+    if method.upper() in policy.read_methods:
+        return Route(Kind.READ, "method")
+    return Route(Kind.WRITE, "method")

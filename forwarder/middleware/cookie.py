@@ -1,0 +1,52 @@
+"""The read-your-writes cookie: `__txid=<16 hex>` set by the primary, honoured by replicas."""
+
+from __future__ import annotations
+
+from starlette.requests import cookie_parser
+from starlette.types import Scope
+
+from ..exceptions import InvalidTxid
+from ..policy import CookiePolicy
+from ..txid import Txid
+
+__all__ = ["clear_cookie", "read_cookie", "set_cookie"]
+
+
+def read_cookie(scope: Scope, policy: CookiePolicy) -> Txid | None:
+    """The txid in the request's cookie, or None when absent or malformed (never an error page)."""
+    for key, value in scope["headers"]:
+        if key == b"cookie":
+            text = cookie_parser(value.decode("latin-1")).get(policy.name)
+            if text is None:
+                continue
+            try:
+                return Txid.parse(text)
+            except InvalidTxid:
+                return None
+    return None
+
+
+def _is_https(scope: Scope) -> bool:
+    if scope.get("scheme") in ("https", "wss"):
+        return True
+    return any(k == b"x-forwarded-proto" and v.split(b",")[0].strip() == b"https" for k, v in scope["headers"])
+
+
+def _attributes(policy: CookiePolicy, scope: Scope, max_age: int) -> str:
+    parts = [f"Path={policy.path}", f"Max-Age={max_age}"]
+    if policy.http_only:
+        parts.append("HttpOnly")
+    parts.append(f"SameSite={policy.same_site.capitalize()}")
+    if policy.secure or (policy.secure is None and _is_https(scope)) or policy.same_site == "none":
+        parts.append("Secure")
+    return "; ".join(parts)
+
+
+def set_cookie(policy: CookiePolicy, scope: Scope, txid: Txid) -> str:
+    """The `Set-Cookie` value recording a write's txid."""
+    return f"{policy.name}={txid}; {_attributes(policy, scope, policy.max_age)}"
+
+
+def clear_cookie(policy: CookiePolicy, scope: Scope) -> str:
+    """The `Set-Cookie` value that removes the cookie (its txid is ahead of the primary)."""
+    return f"{policy.name}=; {_attributes(policy, scope, 0)}"

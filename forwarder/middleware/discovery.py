@@ -1,0 +1,111 @@
+"""Late write discovery: the app tried to write on a replica, and nothing was sent yet."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from starlette.types import Message, Receive, Send
+
+from ..exceptions import MustRunOnPrimary
+
+__all__ = ["BodyRecorder", "HeldErrorResponse", "needs_primary"]
+
+# SQLite's messages for a write on a read-only replica: a `mode=ro` connection or a LiteFS
+# rollback-journal replica says the first, a LiteFS WAL replica the second.
+_READONLY_MESSAGES = ("attempt to write a readonly database", "disk i/o error")
+
+
+def needs_primary(exc: BaseException) -> str | None:
+    """Why `exc` means "run this on the primary" ("readonly", "endpoint"), or None.
+
+    Looks through `__cause__`/`__context__`, exception groups and wrappers with `.orig`
+    (SQLAlchemy), because frameworks re-raise database errors wrapped.
+    """
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, MustRunOnPrimary):
+            return "endpoint"
+        if isinstance(current, sqlite3.OperationalError):
+            name = getattr(current, "sqlite_errorname", "")
+            if name.startswith("SQLITE_READONLY") or str(current).lower() in _READONLY_MESSAGES:
+                return "readonly"
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(current.exceptions)
+        for linked in (current.__cause__, current.__context__, getattr(current, "orig", None)):
+            if isinstance(linked, BaseException):
+                stack.append(linked)
+    return None
+
+
+class BodyRecorder:
+    """Wraps `receive`, keeping the request body (up to `limit`) so the request can be re-sent."""
+
+    def __init__(self, receive: Receive, limit: int) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self.complete = False
+        self.overflow = False
+
+    async def __call__(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            self._size += len(chunk)
+            if self._size > self._limit:
+                self.overflow = True
+                self._chunks.clear()
+            elif not self.overflow:
+                self._chunks.append(chunk)
+            if not message.get("more_body", False):
+                self.complete = True
+        return message
+
+    async def rest(self) -> bytes | None:
+        """The whole body, reading what the app did not; None if it exceeds the limit."""
+        while not self.complete and not self.overflow:
+            message = await self()
+            if message["type"] == "http.disconnect":
+                return None
+        return None if self.overflow else b"".join(self._chunks)
+
+
+class HeldErrorResponse:
+    """Wraps `send`, holding back a 5xx response until the app finishes.
+
+    Starlette's `ServerErrorMiddleware` sends a 500 and then re-raises; holding it lets the
+    middleware drop it and forward the request instead when the error says "run on the primary".
+    Any other response passes straight through.
+    """
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._held: list[Message] = []
+        self.started = False  # something reached the client
+
+    async def __call__(self, message: Message) -> None:
+        if self._held:
+            self._held.append(message)
+            return
+        if message["type"] == "http.response.start" and message["status"] >= 500:
+            self._held.append(message)
+            return
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
+
+    async def release(self) -> None:
+        held, self._held = self._held, []
+        if held:
+            self.started = True
+        for message in held:
+            await self._send(message)
+
+    def discard(self) -> None:
+        self._held.clear()

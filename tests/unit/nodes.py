@@ -10,6 +10,7 @@ import httpx
 from starlette.types import ASGIApp
 
 from forwarder import Forwarder, ForwarderMiddleware, MemoryEngine, MemoryLog, Registry, Role, Topology
+from forwarder.policy import RoutingPolicy
 
 SECRET = "test-secret"
 
@@ -34,6 +35,8 @@ async def two_nodes(
     registry: Registry | None = None,
     primary_transport: httpx.AsyncBaseTransport | None = None,
     replication_timeout: float = 2.0,
+    policy: RoutingPolicy | None = None,
+    primary_region: str | None = "fra",
 ) -> AsyncIterator[Nodes]:
     """Start a primary and a replica around `make_app()`; the replica reaches the primary in-process."""
     registry = registry or Registry()
@@ -43,15 +46,24 @@ async def two_nodes(
         topology=Topology("node-p", "fra", Role.PRIMARY, primary_id="node-p"),
         secret=SECRET,
         registry=registry,
+        policy=policy,
     )
     primary_app = ForwarderMiddleware(make_app(), forwarder=primary)
     replica_engine = MemoryEngine(log, Role.REPLICA, primary_id="node-p")
     replica = Forwarder(
         engine=replica_engine,
-        topology=Topology("node-r", "ams", Role.REPLICA, primary_url="http://primary", primary_id="node-p"),
+        topology=Topology(
+            "node-r",
+            "ams",
+            Role.REPLICA,
+            primary_url="http://primary",
+            primary_id="node-p",
+            primary_region=primary_region,
+        ),
         secret=SECRET,
         registry=registry,
         replication_timeout=replication_timeout,
+        policy=policy,
         transport=primary_transport or httpx.ASGITransport(app=primary_app),
     )
     replica_app = ForwarderMiddleware(make_app(), forwarder=replica)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -96,10 +97,13 @@ class ForwarderMiddleware:
             await self.app(scope, receive, self._stamped(send, extra))
             return
 
+        started = time.perf_counter()
+
         async def send_with_txid(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 headers.append("forwarder-node", forwarder.topology.node_id)
+                app_done = time.perf_counter()
                 try:
                     txid = await forwarder.commit_position()
                 except Exception:
@@ -110,6 +114,10 @@ class ForwarderMiddleware:
                 else:
                     headers.append("forwarder-txid", str(txid))
                     headers.append("set-cookie", set_cookie(cookie_policy, scope, txid))
+                headers.append(
+                    "server-timing",
+                    f"app;dur={(app_done - started) * 1000:.3f}, commit;dur={(time.perf_counter() - app_done) * 1000:.3f}",
+                )
             await send(message)
 
         await self.app(scope, receive, send_with_txid)

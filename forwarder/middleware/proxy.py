@@ -24,6 +24,10 @@ class ClientDisconnected(Exception):
     """The client went away while its body was being streamed to the primary."""
 
 
+# This node's server adds its own Date and Server; passing the primary's would duplicate them.
+_NOT_PASSED_BACK = h.HOP_BY_HOP | {b"date", b"server"}
+
+
 def unavailable(message: str, *, status: int = 503, retry_after: int | None = 1) -> PlainTextResponse:
     headers = {"retry-after": str(retry_after)} if retry_after is not None else None
     return PlainTextResponse(message + "\n", status_code=status, headers=headers)
@@ -112,6 +116,7 @@ async def forward_http(
     try:
         extra: list[tuple[bytes, bytes]] = [(h.FORWARDED_VIA, b"proxy")]
         txid_text = response.headers.get("forwarder-txid")
+        answered = time.perf_counter()
         waited = 0.0
         if txid_text:
             wait_started = time.perf_counter()
@@ -123,10 +128,17 @@ async def forward_http(
             except InvalidTxid:
                 logger.warning("%s: the primary sent a malformed Forwarder-Txid %r", what, txid_text)
             waited = time.perf_counter() - wait_started
+        # Server-Timing entries add up: the primary's own (app, commit) plus this hop's.
+        extra.append(
+            (
+                b"server-timing",
+                f"primary;dur={(answered - started) * 1000:.3f}, replication;dur={waited * 1000:.3f}".encode(),
+            )
+        )
         start: Message = {
             "type": "http.response.start",
             "status": response.status_code,
-            "headers": [(k, v) for k, v in response.headers.raw if k.lower() not in h.HOP_BY_HOP] + extra,
+            "headers": [(k, v) for k, v in response.headers.raw if k.lower() not in _NOT_PASSED_BACK] + extra,
         }
         await send(start)
         with talking_to_primary(what, str(client.base_url)):

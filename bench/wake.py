@@ -1,0 +1,163 @@
+"""Catch-up wake: from the engine's signal to the waiting coroutine resumed.
+
+Our tracker (one inotify watch on Litestream's `-txid` file, a heap of waiters) against the
+per-waiter polling the anchors use, at 1 ms (LiteFS proxy), 30 ms (litefs-js) and 50 ms
+(fly_postgres), alternated round by round in one run. Also: idle CPU with 10,000 waiters, and
+how long one position change takes to wake all 10,000.
+
+    .venv/bin/python -m bench.wake [--rounds 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from bench.stats import summary_ms, table, write_results
+from forwarder.engines.base import Role
+from forwarder.engines.litestream import LitestreamEngine
+from forwarder.engines.memory import MemoryEngine, MemoryLog
+from forwarder.tracker import Tracker
+from forwarder.txid import Txid
+
+
+def write_txid(path: Path, txid: int) -> float:
+    """Replace the file the way Litestream does (tmp + rename); return the time of the rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{txid:016x}\n")
+    moment = time.perf_counter()
+    os.replace(tmp, path)
+    return moment
+
+
+def read_txid(path: Path) -> int:
+    try:
+        return int(path.read_text()[:16], 16)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+async def poll_waiter(path: Path, txid: int, interval: float) -> float:
+    while read_txid(path) < txid:
+        await asyncio.sleep(interval)
+    return time.perf_counter()
+
+
+async def measure(path: Path, txid: int, waiter: Callable[[], Awaitable[float]], jitter: float) -> float:
+    task = asyncio.create_task(waiter())
+    await asyncio.sleep(0.002 + random.uniform(0, jitter))  # the waiter is suspended; avoid phase lock
+    signalled = write_txid(path, txid)
+    resumed = await asyncio.wait_for(task, 5)
+    return resumed - signalled
+
+
+async def wake_latencies(rounds: int) -> dict[str, list[float]]:
+    results: dict[str, list[float]] = {"tracker (inotify)": [], "poll 1 ms": [], "poll 30 ms": [], "poll 50 ms": []}
+    results["tracker (memory signal)"] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        database = Path(tmp) / "app.db"
+        path = Path(f"{database}-txid")
+        engine = LitestreamEngine(database, Role.REPLICA)
+        tracker = Tracker()
+        engine.on_position(tracker.advance)
+        await engine.start()
+        log = MemoryLog()
+        memory = MemoryEngine(log, Role.REPLICA)
+        memory_tracker = Tracker()
+        memory.on_position(memory_tracker.advance)
+        txid = 0
+        try:
+            for _ in range(rounds):
+                order = list(results)
+                random.shuffle(order)  # alternate A and B so drift on the shared machine hits all alike
+                for name in order:
+                    txid += 1
+                    if name == "tracker (inotify)":
+
+                        async def event(t: int = txid) -> float:
+                            await tracker.wait_for(Txid(t), timeout=5)
+                            return time.perf_counter()
+
+                        results[name].append(await measure(path, txid, event, 0.01))
+                    elif name == "tracker (memory signal)":
+                        log.commit()
+                        waiter = asyncio.create_task(memory_tracker.wait_for(log.head, timeout=5))
+                        await asyncio.sleep(0.001)
+                        signalled = time.perf_counter()
+                        memory.apply()
+                        await waiter
+                        results[name].append(time.perf_counter() - signalled)
+                    else:
+                        interval = {"poll 1 ms": 0.001, "poll 30 ms": 0.03, "poll 50 ms": 0.05}[name]
+                        results[name].append(
+                            await measure(path, txid, lambda t=txid, i=interval: poll_waiter(path, t, i), interval)
+                        )
+        finally:
+            await engine.aclose()
+    return results
+
+
+async def ten_thousand(idle_seconds: float) -> dict[str, float]:
+    """Idle CPU with 10,000 waiters (ours vs 10,000 pollers at 50 ms) and time to wake all of ours."""
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        database = Path(tmp) / "app.db"
+        path = Path(f"{database}-txid")
+        write_txid(path, 1)
+        engine = LitestreamEngine(database, Role.REPLICA)
+        tracker = Tracker()
+        engine.on_position(tracker.advance)
+        await engine.start()
+        try:
+            tracker.reset(engine.position)
+            tasks = [asyncio.create_task(tracker.wait_for(Txid(2), timeout=60)) for _ in range(10_000)]
+            await asyncio.sleep(0.2)
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            await asyncio.sleep(idle_seconds)
+            out["tracker_idle_cpu_percent"] = round(
+                100 * (time.process_time() - cpu0) / (time.perf_counter() - wall0), 2
+            )
+            signalled = write_txid(path, 2)
+            await asyncio.gather(*tasks)
+            out["tracker_wake_all_10000_ms"] = round((time.perf_counter() - signalled) * 1000, 2)
+
+            pollers = [asyncio.create_task(poll_waiter(path, 3, 0.05)) for _ in range(10_000)]
+            await asyncio.sleep(0.2)
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            await asyncio.sleep(idle_seconds)
+            out["poll50_idle_cpu_percent"] = round(
+                100 * (time.process_time() - cpu0) / (time.perf_counter() - wall0), 2
+            )
+            signalled = write_txid(path, 3)
+            await asyncio.gather(*pollers)
+            out["poll50_wake_all_10000_ms"] = round((time.perf_counter() - signalled) * 1000, 2)
+        finally:
+            await engine.aclose()
+    return out
+
+
+async def main(rounds: int, idle_seconds: float) -> dict[str, object]:
+    latencies = await wake_latencies(rounds)
+    rows = [{"mechanism": name, **summary_ms(values)} for name, values in latencies.items()]
+    many = await ten_thousand(idle_seconds)
+    return {"wake": rows, "ten_thousand_waiters": many}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--idle-seconds", type=float, default=2.0)
+    args = parser.parse_args()
+    result = asyncio.run(main(args.rounds, args.idle_seconds))
+    path = write_results("wake", result)
+    print(table(result["wake"], ["mechanism", "n", "p50_ms", "p99_ms", "max_ms"]))  # type: ignore[arg-type]
+    print()
+    for key, value in result["ten_thousand_waiters"].items():  # type: ignore[attr-defined]
+        print(f"- {key}: {value}")
+    print(f"\nwritten to {path}")

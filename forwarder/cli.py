@@ -1,0 +1,115 @@
+"""The `forwarder` command line: `forwarder dev <module:app>` runs a local cluster."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .exceptions import ForwarderError
+
+if TYPE_CHECKING:
+    from .dev import Cluster
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="forwarder", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    dev = commands.add_parser(
+        "dev",
+        help="run an app as a local cluster (one primary, N replicas) on real Litestream",
+        description="Run an ASGI app as a primary and N read replicas on loopback, each its own uvicorn process "
+        "with its own replicated SQLite database (Litestream replicate + restore -f). Ctrl-C stops everything.",
+    )
+    dev.add_argument("app", help='the ASGI app as "module:attribute", like uvicorn takes it')
+    dev.add_argument("--replicas", type=int, default=2, help="number of read replicas (default: 2)")
+    dev.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".forwarder-dev"),
+        help="directory for databases, the replica store and logs (default: .forwarder-dev)",
+    )
+    dev.add_argument("--host", default="127.0.0.1", help="interface the apps listen on (default: 127.0.0.1)")
+    dev.add_argument(
+        "--base-port",
+        type=int,
+        default=0,
+        help="port of the primary; replicas take the next ones (default: 0, pick free ports)",
+    )
+    dev.add_argument(
+        "--regions",
+        type=lambda text: [r.strip() for r in text.split(",") if r.strip()],
+        default=None,
+        help="comma-separated regions: the primary takes the first, replicas cycle through the rest "
+        "(default: fra,ams,syd,iad,...)",
+    )
+    dev.add_argument("--app-dir", type=Path, default=None, help="directory to import the app from (default: .)")
+    return parser
+
+
+async def _dev(args: argparse.Namespace) -> int:
+    from .dev import Cluster
+
+    cluster = Cluster(
+        app=args.app,
+        data_dir=args.data_dir,
+        replicas=args.replicas,
+        host=args.host,
+        regions=args.regions,
+        base_port=args.base_port,
+        app_dir=args.app_dir,
+    )
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    starting = asyncio.create_task(cluster.start())
+    stop_requested = asyncio.create_task(stopping.wait())
+    try:
+        await asyncio.wait({starting, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # Ctrl-C during start: start() stops what it started when cancelled
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            return 130
+        starting.result()  # a failed start already stopped everything; this re-raises its error
+        _print_table(cluster)
+        await stop_requested
+        print("Stopping...", flush=True)
+        return 0
+    finally:
+        stop_requested.cancel()
+        await cluster.stop()
+
+
+def _print_table(cluster: Cluster) -> None:
+    rows = [("ID", "REGION", "ROLE", "URL")] + [(n.id, n.region, n.role, n.url) for n in cluster.nodes]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print(f"\nData in {cluster.data_dir}, logs in {cluster.logs_dir}, state in {cluster.data_dir / 'cluster.json'}")
+    print("Press Ctrl-C to stop.", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `forwarder` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe and watchdog poll
+    if args.command == "dev":
+        try:
+            return asyncio.run(_dev(args))
+        except (ForwarderError, ValueError) as exc:
+            print(f"forwarder dev: {exc}", file=sys.stderr)
+            return 1
+    raise AssertionError(f"unknown command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

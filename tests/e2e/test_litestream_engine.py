@@ -1,0 +1,283 @@
+"""The Litestream engine against the real `litestream` binary: replicate, a `restore -f` follower, the socket."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from contextlib import closing
+from pathlib import Path
+
+import anyio
+import pytest
+
+from forwarder.dev.replication import Follower, Replicator
+from forwarder.engines.base import Role
+from forwarder.engines.litestream import LitestreamEngine, litestream_binary, replicate_config
+from forwarder.exceptions import EngineError, EngineUnavailable
+from forwarder.tracker import Tracker
+from forwarder.txid import Txid
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+
+@pytest.fixture
+async def replicator(tmp_path: Path) -> AsyncIterator[Replicator]:
+    """`litestream replicate` of a WAL database with an `items` table, already synced to the replica dir."""
+    replicator = Replicator(
+        tmp_path / "primary" / "app.db",
+        tmp_path / "replica",
+        tmp_path / "primary" / "ls.sock",
+        log_path=tmp_path / "logs" / "replicate.log",
+    )
+    try:
+        with anyio.fail_after(20):
+            await replicator.start()
+            with closing(sqlite3.connect(replicator.database)) as db:
+                db.execute("CREATE TABLE items (n INTEGER NOT NULL)")
+                db.commit()
+            await replicator.engine.commit_position()
+        yield replicator
+    finally:
+        await replicator.stop()
+
+
+@pytest.fixture
+async def follower(tmp_path: Path, replicator: Replicator) -> AsyncIterator[Follower]:
+    """A `restore -f` follower of the replicator's replica directory."""
+    follower = Follower(
+        "replica",
+        tmp_path / "replica-node" / "app.db",
+        replicator.replica_dir,
+        log_path=tmp_path / "logs" / "follower.log",
+    )
+    try:
+        with anyio.fail_after(20):
+            await follower.start()
+        yield follower
+    finally:
+        await follower.stop()
+
+
+def count_rows(database: Path, n: int) -> int:
+    # A fresh read-only connection per read: a long-lived one serves stale pages (reference pitfall 1).
+    with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)) as db:
+        row = db.execute("SELECT count(*) FROM items WHERE n = ?", (n,)).fetchone()
+        return int(row[0])
+
+
+async def test_commit_position_is_reached_by_the_follower_and_the_row_is_visible(
+    replicator: Replicator, follower: Follower
+) -> None:
+    primary = LitestreamEngine(replicator.database, Role.PRIMARY, socket_path=replicator.socket_path)
+    replica = LitestreamEngine(follower.database, Role.REPLICA)
+    tracker = Tracker()
+    replica.on_position(tracker.advance)
+    with anyio.fail_after(30):
+        async with primary, replica:
+            assert primary.position > 0  # start() read GET /txid
+            assert replica.position > 0  # start() read the -txid file
+            with closing(sqlite3.connect(replicator.database)) as db:
+                for n in range(50):
+                    db.execute("INSERT INTO items (n) VALUES (?)", (n,))
+                    db.commit()
+                    txid = await primary.commit_position()
+                    assert primary.position >= txid
+                    await tracker.wait_for(txid, timeout=5)
+                    assert replica.position >= txid
+                    assert count_rows(follower.database, n) == 1
+
+
+class CountingEngine(LitestreamEngine):
+    syncs = 0
+
+    async def _sync_once(self) -> Txid:
+        self.syncs += 1
+        return await super()._sync_once()
+
+
+async def test_concurrent_commit_positions_cover_each_callers_own_write(tmp_path: Path, replicator: Replicator) -> None:
+    engine = CountingEngine(replicator.database, Role.PRIMARY, socket_path=replicator.socket_path)
+    got: dict[int, Txid] = {}
+
+    async def write_then_commit_position(db: sqlite3.Connection, n: int) -> None:
+        if n % 2:  # half arrive at once, half spread out while syncs are in flight
+            await anyio.sleep(random.uniform(0, 0.03))
+        db.execute("INSERT INTO items (n) VALUES (?)", (n,))
+        db.commit()
+        got[n] = await engine.commit_position()
+
+    with anyio.fail_after(30):
+        async with engine:
+            with closing(sqlite3.connect(replicator.database)) as db:
+                async with anyio.create_task_group() as tg:
+                    for n in range(20):
+                        tg.start_soon(write_then_commit_position, db, n)
+        assert len(got) == 20
+        assert engine.syncs < 20  # callers shared syncs
+        # Strict check: restoring the replica exactly up to the txid a caller got holds that caller's row.
+        for txid in sorted(set(got.values())):
+            restored = tmp_path / f"at-{txid}.db"
+            process = await asyncio.create_subprocess_exec(
+                litestream_binary(),
+                "restore",
+                "-txid",
+                str(txid),
+                "-o",
+                str(restored),
+                f"file://{replicator.replica_dir}",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            output, _ = await process.communicate()
+            assert process.returncode == 0, output.decode()
+            for n, txid_of_n in got.items():
+                if txid_of_n == txid:
+                    assert count_rows(restored, n) == 1, f"row {n} is not in txid {txid}, which its caller got"
+
+
+async def test_a_caller_never_joins_a_sync_that_started_before_it(tmp_path: Path) -> None:
+    """Against a fake control socket that answers each /sync with the number of commits made before it arrived."""
+    commits = 0
+    syncs = 0
+    release = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal syncs
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                length = 0
+                for line in head.decode().split("\r\n"):
+                    if line.lower().startswith("content-length:"):
+                        length = int(line.split(":", 1)[1])
+                await reader.readexactly(length)
+                seen = commits
+                if head.startswith(b"POST /sync "):
+                    syncs += 1
+                    if syncs == 1:
+                        await release.wait()  # hold the first sync in flight
+                else:
+                    seen = 0  # GET /txid at start()
+                body = f'{{"status":"synced","txid":{seen},"replicated_txid":{seen}}}'.encode()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    socket_path = tmp_path / "fake.sock"
+    server = await asyncio.start_unix_server(handle, path=str(socket_path))
+    engine = LitestreamEngine(tmp_path / "app.db", Role.PRIMARY, socket_path=socket_path)
+    with anyio.fail_after(10):
+        async with server, engine:
+            commits += 1
+            first = asyncio.create_task(engine.commit_position())
+            while syncs < 1:  # the first sync has reached the server
+                await asyncio.sleep(0.001)
+            commits += 1  # committed while the first sync is in flight
+            later = [asyncio.create_task(engine.commit_position()) for _ in range(5)]
+            await asyncio.sleep(0.05)
+            assert syncs == 1  # the queued sync waits for the in-flight one
+            release.set()
+            assert await first == 1
+            assert [await task for task in later] == [2] * 5
+            assert syncs == 2  # the five later callers shared one sync
+
+
+async def test_missing_socket_raises_engine_unavailable_naming_the_socket(tmp_path: Path) -> None:
+    socket_path = tmp_path / "missing.sock"
+    engine = LitestreamEngine(tmp_path / "app.db", Role.PRIMARY, socket_path=socket_path)
+    with anyio.fail_after(10):
+        async with engine:  # start() does not fail when Litestream is not up yet
+            assert engine.position == 0
+            with pytest.raises(EngineUnavailable) as info:
+                await engine.commit_position()
+            assert str(socket_path) in str(info.value)
+            assert "socket: enabled: true" in str(info.value)
+            # A socket file nobody listens on (a killed replicate): connection refused, same error.
+            import socket
+
+            with socket.socket(socket.AF_UNIX) as stale:
+                stale.bind(str(socket_path))
+            with pytest.raises(EngineUnavailable, match="is `litestream replicate` running"):
+                await engine.commit_position()
+
+
+async def test_commit_position_on_a_replica_is_an_error(tmp_path: Path) -> None:
+    engine = LitestreamEngine(tmp_path / "app.db", Role.REPLICA, primary_id="node-1")
+    assert engine.primary.role is Role.REPLICA and engine.primary.primary_id == "node-1"
+    with pytest.raises(EngineError, match="only available on the primary"):
+        await engine.commit_position()
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+@pytest.mark.parametrize("watcher", ["inotify", "polling"])
+async def test_garbage_in_the_txid_file_does_not_kill_the_watcher(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, watcher: str
+) -> None:
+    if watcher == "polling":
+        monkeypatch.setitem(sys.modules, "asyncinotify", None)  # import fails: the engine polls
+    database = tmp_path / "app.db"
+    txid_file = tmp_path / "app.db-txid"
+    engine = LitestreamEngine(database, Role.REPLICA)
+    tracker = Tracker()
+    seen: list[Txid] = []
+    engine.on_position(tracker.advance)
+    engine.on_position(seen.append)
+    caplog.set_level(logging.WARNING, logger="forwarder.engines.litestream")
+    with anyio.fail_after(30):
+        async with engine:
+            assert engine.position == 0  # no -txid file yet: not restored, not an error
+            write_atomically(txid_file, "not a txid\n")
+            await anyio.sleep(0.1)
+            write_atomically(txid_file, "0000000000000005\n")
+            await tracker.wait_for(Txid(5), timeout=5)
+            write_atomically(txid_file, "garbage!\n")
+            await anyio.sleep(0.1)
+            txid_file.write_text("garbage!\n")  # the same content again, written in place
+            await anyio.sleep(0.1)
+            assert engine.position == 5  # garbage keeps the previous position
+            write_atomically(txid_file, "0000000000000009\n")
+            await tracker.wait_for(Txid(9), timeout=5)
+            # A follower wiped and restored again starts lower: reported to listeners, too.
+            write_atomically(txid_file, "0000000000000007\n")
+            with anyio.fail_after(5):
+                while engine.position != 7:
+                    await anyio.sleep(0.005)
+            assert seen[-1] == 7 and tracker.position == 9
+            watcher_task = engine._watcher
+            assert watcher_task is not None and not watcher_task.done()
+        assert watcher_task.done()  # aclose() stopped it
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("not a txid" in w for w in warnings) == 1
+    assert sum("garbage!" in w for w in warnings) == 1  # once per distinct content
+    assert Txid(5) in seen and Txid(9) in seen
+
+
+async def test_position_before_the_first_restore_is_zero_and_start_reads_an_existing_file(tmp_path: Path) -> None:
+    (tmp_path / "app.db-txid").write_text("00000000000000ff\n")
+    engine = LitestreamEngine(tmp_path / "app.db", Role.REPLICA)
+    with anyio.fail_after(10):
+        async with engine:
+            assert engine.position == 0xFF
+
+
+def test_replicate_config_quotes_paths() -> None:
+    config = replicate_config(Path("/data/my db.sqlite"), Path("/data/replica"), Path("/data/ls.sock"))
+    assert 'path: "/data/my db.sqlite"' in config
+    assert "socket:\n  enabled: true\n" in config
+    assert "monitor-interval: 10ms" in config and "sync-interval: 10ms" in config
+    assert Path(litestream_binary()).name == "litestream"

@@ -16,8 +16,9 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from bench.stats import summary_ms, table, write_results
 from forwarder.engines.base import Role
@@ -49,11 +50,11 @@ async def poll_waiter(path: Path, txid: int, interval: float) -> float:
     return time.perf_counter()
 
 
-async def measure(path: Path, txid: int, waiter: Callable[[], Awaitable[float]], jitter: float) -> float:
-    task = asyncio.create_task(waiter())
+async def measure(path: Path, txid: int, waiter: Callable[[], Coroutine[Any, Any, float]], jitter: float) -> float:
+    task: asyncio.Task[float] = asyncio.create_task(waiter())
     await asyncio.sleep(0.002 + random.uniform(0, jitter))  # the waiter is suspended; avoid phase lock
     signalled = write_txid(path, txid)
-    resumed = await asyncio.wait_for(task, 5)
+    resumed: float = await asyncio.wait_for(task, 5)
     return resumed - signalled
 
 
@@ -95,9 +96,11 @@ async def wake_latencies(rounds: int) -> dict[str, list[float]]:
                         results[name].append(time.perf_counter() - signalled)
                     else:
                         interval = {"poll 1 ms": 0.001, "poll 30 ms": 0.03, "poll 50 ms": 0.05}[name]
-                        results[name].append(
-                            await measure(path, txid, lambda t=txid, i=interval: poll_waiter(path, t, i), interval)
-                        )
+
+                        def poller(t: int = txid, i: float = interval) -> Coroutine[Any, Any, float]:
+                            return poll_waiter(path, t, i)
+
+                        results[name].append(await measure(path, txid, poller, interval))
         finally:
             await engine.aclose()
     return results
@@ -131,9 +134,8 @@ async def ten_thousand(idle_seconds: float) -> dict[str, float]:
             await asyncio.sleep(0.2)
             cpu0, wall0 = time.process_time(), time.perf_counter()
             await asyncio.sleep(idle_seconds)
-            out["poll50_idle_cpu_percent"] = round(
-                100 * (time.process_time() - cpu0) / (time.perf_counter() - wall0), 2
-            )
+            busy = time.process_time() - cpu0
+            out["poll50_idle_cpu_percent"] = round(100 * busy / (time.perf_counter() - wall0), 2)
             signalled = write_txid(path, 3)
             await asyncio.gather(*pollers)
             out["poll50_wake_all_10000_ms"] = round((time.perf_counter() - signalled) * 1000, 2)

@@ -51,12 +51,40 @@ def _parser() -> argparse.ArgumentParser:
         "(default: fra,ams,syd,iad,...)",
     )
     dev.add_argument("--app-dir", type=Path, default=None, help="directory to import the app from (default: .)")
+    dev.add_argument(
+        "--edge-port",
+        type=int,
+        default=8080,
+        help="port of the edge, the Fly proxy emulator in front of every node (default: 8080; 0 picks a free one)",
+    )
+    dev.add_argument("--no-edge", action="store_true", help="do not start the edge")
+    dev.add_argument(
+        "--latency",
+        action="append",
+        default=[],
+        metavar="REGION=DURATION",
+        help="simulated latency from the edge to a region's nodes, e.g. --latency ams=80ms (repeatable)",
+    )
+    dev.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment variable for every node, e.g. --env FORWARDER_MODE=replay (repeatable)",
+    )
     return parser
 
 
 async def _dev(args: argparse.Namespace) -> int:
     from .dev import Cluster
+    from .dev.replay import parse_latency
 
+    env = {}
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--env takes NAME=VALUE, got {item!r}")
+        env[name] = value
     cluster = Cluster(
         app=args.app,
         data_dir=args.data_dir,
@@ -65,6 +93,10 @@ async def _dev(args: argparse.Namespace) -> int:
         regions=args.regions,
         base_port=args.base_port,
         app_dir=args.app_dir,
+        env=env,
+        edge=not args.no_edge,
+        edge_port=args.edge_port,
+        latency=parse_latency(args.latency),
     )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -93,6 +125,11 @@ def _print_table(cluster: Cluster) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    if cluster.edge_url:
+        print(f"\nEdge (the Fly proxy emulator in front of every node): {cluster.edge_url}")
+        for node in cluster.nodes:
+            print(f"  {node.region} ({node.role}): {cluster.edge_url}/?_region={node.region}")
+        print("  (or send the header fly-prefer-region: <region>)")
     print(f"\nData in {cluster.data_dir}, logs in {cluster.logs_dir}, state in {cluster.data_dir / 'cluster.json'}")
     print("Press Ctrl-C to stop.", flush=True)
 

@@ -120,7 +120,8 @@ class Forwarder:
         if engine is None:
             engine = _engine_from(settings)
         if role is None:
-            role = engine.primary.role.value
+            # Decided once the engine has started (LiteFS asks /info); until then, take no writes.
+            role = "replica"
         topology = Topology(
             node_id=settings.node_id,
             region=settings.region,
@@ -130,6 +131,7 @@ class Forwarder:
             primary_region=settings.primary_region,
             app_name=settings.app_name,
             port=settings.port,
+            primary_url_template=settings.primary_url_template,
         )
         return cls(
             engine=engine,
@@ -336,7 +338,10 @@ def _engine_from(settings: ForwarderSettings) -> Engine:
             settings.database, role, socket_path=settings.socket_path, primary_id=settings.primary_id
         )
     if settings.engine == "litefs":
-        raise ConfigurationError("FORWARDER_ENGINE=litefs is not available in this version; use litestream")
+        from .engines.litefs import LiteFSEngine
+
+        # The app opens <mount>/<db>; LiteFS keeps <db>-pos and .primary beside it.
+        return LiteFSEngine(settings.database.parent, settings.database.name, api_url=settings.litefs_api)
     raise ConfigurationError(
         "FORWARDER_ENGINE=memory is for tests in one process: build MemoryEngine yourself and pass engine="
     )

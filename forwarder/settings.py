@@ -53,6 +53,10 @@ class ForwarderSettings(BaseSettings):
     """Path of this node's SQLite database file."""
     secret: SecretStr | None = Field(None, validation_alias=_env("secret"))
     """Shared secret that signs RPC calls between nodes. Required on replicas; the same on every node."""
+    litefs_api: str = Field("http://localhost:20202", validation_alias=_env("litefs_api"))
+    """LiteFS's HTTP API (its `/events` stream tells position changes and failovers)."""
+    primary_url_template: str | None = Field(None, validation_alias=_env("primary_url_template"))
+    """How to reach a primary known by id (LiteFS failover off Fly), e.g. `http://{id}:8080`."""
     litestream_socket: Path | None = Field(None, validation_alias=_env("litestream_socket"))
     """Litestream's control socket on the primary (default: `<database dir>/litestream.sock`)."""
     port: int = Field(8080, validation_alias=_env("port"))
@@ -159,6 +163,12 @@ class ForwarderSettings(BaseSettings):
                 f"FORWARDER_{'_'.join(str(p) for p in err['loc']).upper() or '?'}: {err['msg']}" for err in exc.errors()
             )
             raise ConfigurationError(f"invalid forwarder settings: {problems}") from None
+        if settings.engine == "litefs" and (settings.secret is None or not settings.secret.get_secret_value()):
+            raise ConfigurationError(
+                "FORWARDER_SECRET is not set: with LiteFS any node can become a replica after a failover and "
+                "must then sign its calls to the primary. Set the same random value on every node, "
+                "e.g. `fly secrets set FORWARDER_SECRET=$(openssl rand -hex 32)`"
+            )
         if settings.resolved_role == "replica":
             if settings.secret is None or not settings.secret.get_secret_value():
                 raise ConfigurationError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -18,6 +19,7 @@ from typing import Literal
 import httpx
 
 from ..exceptions import EngineError
+from .edge import Edge, EdgeNode, serve_edge
 from .processes import ClusterError, ManagedProcess, free_port
 from .replication import Follower, Replicator
 
@@ -81,6 +83,9 @@ class Cluster:
         *,
         base_port: int = 0,
         app_dir: Path | None = None,
+        edge: bool = True,
+        edge_port: int = 0,
+        latency: Mapping[str, float] | None = None,
     ) -> None:
         if replicas < 0:
             raise ValueError(f"replicas must be 0 or more, got {replicas}")
@@ -100,6 +105,12 @@ class Cluster:
         )
         self._watchdog: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
+        self._with_edge = edge
+        self._edge_port = edge_port
+        self.latency = dict(latency or {})
+        self._edge_stack: contextlib.AsyncExitStack | None = None
+        self.edge_url: str | None = None
+        """URL of the edge (the Fly proxy emulator) in front of every node, once started."""
 
     def _plan(self, replicas: int, regions: list[str], base_port: int) -> list[NodeProcess]:
         if not regions:
@@ -155,6 +166,8 @@ class Cluster:
             await asyncio.gather(self._start_app(self.primary), *(self._start_follower(n) for n in self.replicas))
             await asyncio.gather(*(self._start_app(n) for n in self.replicas))
             await asyncio.gather(*(self._wait_healthy(n) for n in self.nodes))
+            if self._with_edge:
+                await self._start_edge()
             self.write_state()
             self._watchdog = asyncio.create_task(self._watch_followers(), name="forwarder-dev-watchdog")
         except BaseException:
@@ -167,6 +180,10 @@ class Cluster:
             self._watchdog.cancel()
             await asyncio.gather(self._watchdog, return_exceptions=True)
             self._watchdog = None
+        if self._edge_stack is not None:
+            stack, self._edge_stack = self._edge_stack, None
+            await stack.aclose()
+            self.edge_url = None
         await asyncio.gather(*(n.app.stop() for n in self.nodes if n.app is not None))
         await asyncio.gather(*(n.follower.stop() for n in self.nodes if n.follower is not None))
         await self.replicator.stop()
@@ -190,6 +207,7 @@ class Cluster:
                 for n in self.nodes
             ],
             "replica_dir": str(self.replica_dir),
+            "edge": self.edge_url,
         }
         path = self.data_dir / "cluster.json"
         tmp = path.with_suffix(".json.tmp")
@@ -198,6 +216,17 @@ class Cluster:
         tmp.write_text(json.dumps(state, indent=2) + "\n")
         tmp.replace(path)
         return path
+
+    async def _start_edge(self) -> None:
+        """Put the edge (a Fly proxy emulator) in front of every node, on one port."""
+        edge = Edge([EdgeNode(n.id, n.region, n.url) for n in self.nodes], latency=self.latency)
+        stack = contextlib.AsyncExitStack()
+        try:
+            self.edge_url = await stack.enter_async_context(serve_edge(edge, self.host, self._edge_port))
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._edge_stack = stack
 
     # -- one node -------------------------------------------------------------------------------
 

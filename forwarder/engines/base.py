@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import enum
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 
 from ..txid import Txid
 
 __all__ = ["Engine", "PositionListener", "PrimaryInfo", "PrimaryListener", "Role"]
+
+logger = logging.getLogger("forwarder.engines")
 
 PositionListener = Callable[[Txid], None]
 
@@ -30,6 +33,9 @@ class PrimaryInfo:
 
     role: Role
     primary_id: str | None = None
+    known: bool | None = field(default=None, compare=False)
+    """For a replica with no `primary_id`: False when the engine knows there is no reachable
+    primary right now (forget the old one); None when the engine has no say (static topology)."""
 
 
 PrimaryListener = Callable[[PrimaryInfo], None]
@@ -81,12 +87,20 @@ class Engine(ABC):
         self._primary_listeners.append(listener)
 
     def _publish_position(self, txid: Txid) -> None:
+        # Each listener on its own: one that raises must neither stop the engine's watcher nor
+        # keep the position from the others (the Tracker, whose waiters depend on it).
         for listener in self._position_listeners:
-            listener(txid)
+            try:
+                listener(txid)
+            except Exception:
+                logger.exception("%s engine: position listener %r failed on %s", self.name, listener, txid)
 
     def _publish_primary(self, info: PrimaryInfo) -> None:
         for listener in self._primary_listeners:
-            listener(info)
+            try:
+                listener(info)
+            except Exception:
+                logger.exception("%s engine: primary listener %r failed on %s", self.name, listener, info)
 
     async def __aenter__(self) -> Engine:
         await self.start()

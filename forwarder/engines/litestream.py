@@ -299,11 +299,7 @@ class LitestreamEngine(Engine):
 
     def _set_position(self, txid: Txid) -> None:
         self._position = txid
-        try:
-            self._publish_position(txid)
-        except Exception:
-            # A faulty listener must not stop the watcher (or fail a sync other callers share).
-            logger.exception("a position listener raised on txid %s", txid)
+        self._publish_position(txid)
 
     def _read_txid(self) -> Txid | None:
         """The follower's position; 0 when it has not restored yet; None when the file holds garbage."""

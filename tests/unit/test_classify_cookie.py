@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import pytest
 
+from forwarder.engines.base import Role
 from forwarder.middleware.classify import Kind, classify
 from forwarder.middleware.cookie import clear_cookie, read_cookie, set_cookie
 from forwarder.middleware.replay import came_through_fly_proxy, replay_headers, replayable_size
 from forwarder.policy import CookiePolicy, RoutingPolicy
-from forwarder.engines.base import Role
 from forwarder.topology import Topology
 from forwarder.txid import Txid
 

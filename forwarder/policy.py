@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
+from fnmatch import translate
+from functools import cached_property
 from typing import Literal
 
 __all__ = ["CookiePolicy", "Mode", "OnLag", "RoutingPolicy"]
@@ -58,7 +60,20 @@ class RoutingPolicy:
     max_buffered_body: int = REPLAY_BODY_LIMIT
 
     def is_passthrough(self, path: str) -> bool:
-        return any(fnmatchcase(path, pattern) for pattern in self.passthrough)
+        return self._passthrough is not None and self._passthrough.match(path) is not None
 
     def is_always_forward(self, path: str) -> bool:
-        return any(fnmatchcase(path, pattern) for pattern in self.always_forward)
+        return self._always_forward is not None and self._always_forward.match(path) is not None
+
+    # One compiled regex per list, built once: this runs on every request.
+    @cached_property
+    def _passthrough(self) -> re.Pattern[str] | None:
+        return _compile(self.passthrough)
+
+    @cached_property
+    def _always_forward(self) -> re.Pattern[str] | None:
+        return _compile(self.always_forward)
+
+
+def _compile(globs: tuple[str, ...]) -> re.Pattern[str] | None:
+    return re.compile("|".join(f"(?:{translate(glob)})" for glob in globs)) if globs else None

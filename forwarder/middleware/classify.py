@@ -25,14 +25,21 @@ class Route:
     reason: str  # why: "method", "always_forward", "passthrough", "internal"
 
 
+INTERNAL = Route(Kind.INTERNAL, "internal")
+PASSTHROUGH = Route(Kind.PASSTHROUGH, "passthrough")
+ALWAYS_FORWARD = Route(Kind.WRITE, "always_forward")
+READ = Route(Kind.READ, "method")
+WRITE = Route(Kind.WRITE, "method")
+
+
 def classify(method: str, path: str, policy: RoutingPolicy) -> Route:
     """Internal paths first, then passthrough, then always-forward globs, then the method."""
     if path.startswith(INTERNAL_PREFIX):
-        return Route(Kind.INTERNAL, "internal")
+        return INTERNAL
     if policy.is_passthrough(path):
-        return Route(Kind.PASSTHROUGH, "passthrough")
+        return PASSTHROUGH
     if policy.is_always_forward(path):
-        return Route(Kind.WRITE, "always_forward")
-    if method.upper() in policy.read_methods:
-        return Route(Kind.READ, "method")
-    return Route(Kind.WRITE, "method")
+        return ALWAYS_FORWARD
+    if method in policy.read_methods or method.upper() in policy.read_methods:
+        return READ
+    return WRITE

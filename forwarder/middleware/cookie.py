@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from starlette.requests import cookie_parser
+from collections.abc import Iterable
+
 from starlette.types import Scope
 
 from ..exceptions import InvalidTxid
@@ -14,15 +15,22 @@ __all__ = ["clear_cookie", "read_cookie", "set_cookie"]
 
 def read_cookie(scope: Scope, policy: CookiePolicy) -> Txid | None:
     """The txid in the request's cookie, or None when absent or malformed (never an error page)."""
-    for key, value in scope["headers"]:
-        if key == b"cookie":
-            text = cookie_parser(value.decode("latin-1")).get(policy.name)
-            if text is None:
-                continue
-            try:
-                return Txid.parse(text)
-            except InvalidTxid:
-                return None
+    return txid_in((header for key, header in scope["headers"] if key == b"cookie"), policy.name)
+
+
+def txid_in(cookie_headers: Iterable[bytes], name: str = "__txid") -> Txid | None:
+    """The txid in the cookie named `name` of these `Cookie` header values, or None."""
+    wanted = name.encode() + b"="
+    for header in cookie_headers:
+        if wanted not in header:  # the common case: no cookie of ours, no parsing
+            continue
+        for pair in header.split(b";"):
+            pair = pair.strip()
+            if pair.startswith(wanted):
+                try:
+                    return Txid.parse(pair[len(wanted) :].strip(b'"').decode("latin-1"))
+                except InvalidTxid:
+                    return None
     return None
 
 

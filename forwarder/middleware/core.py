@@ -15,7 +15,7 @@ from ..runtime import Forwarder
 from ..txid import Txid
 from . import headers as h
 from .classify import Kind, classify
-from .cookie import clear_cookie, read_cookie, set_cookie
+from .cookie import clear_cookie, read_cookie, set_cookie, txid_in
 from .discovery import BodyRecorder, HeldErrorResponse, needs_primary
 from .internal import serve_internal
 from .proxy import forward_http, unavailable
@@ -52,6 +52,10 @@ class ForwarderMiddleware:
         self.app = app
         self.forwarder = forwarder
         self.policy = policy or forwarder.policy
+
+    @property
+    def _node_header(self) -> list[tuple[bytes, bytes]]:
+        return [(h.NODE, self.forwarder.topology.node_id.encode())]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -121,9 +125,17 @@ class ForwarderMiddleware:
         await self.app(scope, receive, send_with_txid)
 
     async def _read_on_replica(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The hot path of a replica: one pass over the headers, one wrapper around send.
         forwarder = self.forwarder
         stale = False
-        wanted = None if _already_hopped(scope) else read_cookie(scope, self.policy.cookie)
+        cookies: list[bytes] = []
+        hopped = False
+        for key, value in scope["headers"]:
+            if key == b"cookie":
+                cookies.append(value)
+            elif key == h.FORWARDED_BY or (key == b"fly-replay-src" and _our_replay(value)):
+                hopped = True
+        wanted = None if hopped or not cookies else txid_in(cookies, self.policy.cookie.name)
         if wanted is not None and wanted > forwarder.tracker.position:
             try:
                 await forwarder.wait_for(wanted, cause="cookie")
@@ -136,7 +148,7 @@ class ForwarderMiddleware:
                     return
                 stale = True
         recorder = BodyRecorder(receive, self.policy.max_buffered_body)
-        held = HeldErrorResponse(self._stamped(send, [("forwarder-stale", "1")] if stale else []))
+        held = HeldErrorResponse(send, [*self._node_header, (h.STALE, b"1")] if stale else self._node_header)
         try:
             await self.app(scope, recorder, held)
         except Exception as exc:
@@ -209,12 +221,11 @@ class ForwarderMiddleware:
     def _stamped(self, send: Send, extra: list[tuple[str, str]] | None = None) -> Send:
         node = self.forwarder.topology.node_id
 
+        stamp = [(h.NODE, node.encode()), *((k.encode(), v.encode()) for k, v in extra or ())]
+
         async def send_stamped(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers.append("forwarder-node", node)
-                for name, value in extra or ():
-                    headers.append(name, value)
+                message["headers"] = [*message.get("headers", ()), *stamp]
             await send(message)
 
         return send_stamped
@@ -322,8 +333,11 @@ def _already_hopped(scope: Scope) -> bool:
     if _header(scope, h.FORWARDED_BY) is not None:
         return True
     source = _header(scope, b"fly-replay-src")
-    if source is None:
-        return False
+    return source is not None and _our_replay(source)
+
+
+def _our_replay(source: bytes) -> bool:
+    """Whether a `fly-replay-src` value names a replay made by a forwarder node (by its `state`)."""
     for field in source.decode("latin-1").replace(",", ";").split(";"):
         key, _, value = field.strip().partition("=")
         if key == "state" and value in _OUR_STATES:

@@ -84,8 +84,9 @@ class HeldErrorResponse:
     Any other response passes straight through.
     """
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, stamp: list[tuple[bytes, bytes]]) -> None:
         self._send = send
+        self._stamp = stamp  # headers added to the response (Forwarder-Node, ...)
         self._held: list[Message] = []
         self.started = False  # something reached the client
 
@@ -93,10 +94,12 @@ class HeldErrorResponse:
         if self._held:
             self._held.append(message)
             return
-        if message["type"] == "http.response.start" and message["status"] >= 500:
-            self._held.append(message)
-            return
         if message["type"] == "http.response.start":
+            # A new list: the app may reuse its own (a Response's raw_headers).
+            message["headers"] = [*message.get("headers", ()), *self._stamp]
+            if message["status"] >= 500:
+                self._held.append(message)
+                return
             self.started = True
         await self._send(message)
 

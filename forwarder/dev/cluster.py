@@ -86,10 +86,14 @@ class Cluster:
         edge: bool = True,
         edge_port: int = 0,
         latency: Mapping[str, float] | None = None,
+        fly_app: str | None = None,
     ) -> None:
         if replicas < 0:
             raise ValueError(f"replicas must be 0 or more, got {replicas}")
         self.app = app
+        self.fly_app = fly_app
+        """When set, nodes get Machine-like ids and Fly's own variables (FLY_MACHINE_ID, FLY_REGION,
+        PRIMARY_REGION, FLY_APP_NAME) instead of FORWARDER_NODE_ID/REGION/PRIMARY_REGION, as on Fly."""
         self.data_dir = Path(data_dir).absolute()
         self.host = host
         self.env = dict(env or {})
@@ -120,7 +124,8 @@ class Cluster:
         replica_regions = itertools.cycle(regions[1:] or regions)
         nodes = []
         for index in range(replicas + 1):
-            node_id = f"node-{index + 1}"
+            # On Fly a node is known by its 14-hex-digit Machine id.
+            node_id = secrets.token_hex(7) if self.fly_app else f"node-{index + 1}"
             port = base_port + index if base_port else free_port()
             nodes.append(
                 NodeProcess(
@@ -279,11 +284,19 @@ class Cluster:
     def _app_env(self, node: NodeProcess) -> dict[str, str]:
         env = dict(os.environ)
         env.pop("FORWARDER_PRIMARY_URL", None)  # from the shell it would turn the primary into a replica
+        if self.fly_app:
+            env.update(
+                FLY_MACHINE_ID=node.id,
+                FLY_REGION=node.region,
+                PRIMARY_REGION=self.primary.region,
+                FLY_APP_NAME=self.fly_app,
+            )
+        else:
+            env.update(
+                FORWARDER_NODE_ID=node.id, FORWARDER_REGION=node.region, FORWARDER_PRIMARY_REGION=self.primary.region
+            )
         env.update(
             PYTHONUNBUFFERED="1",
-            FORWARDER_NODE_ID=node.id,
-            FORWARDER_REGION=node.region,
-            FORWARDER_PRIMARY_REGION=self.primary.region,
             FORWARDER_ROLE=node.role,
             FORWARDER_ENGINE="litestream",
             FORWARDER_DATABASE=str(node.database),

@@ -1,0 +1,23 @@
+# The example app on LiteFS, for Fly.io (see fly.toml and litefs.yml).
+FROM python:3.12-slim
+
+# fuse3 to mount LiteFS, ca-certificates for Consul over https, sqlite3 for `fly ssh console` debugging.
+RUN apt-get update -y \
+    && apt-get install -y --no-install-recommends ca-certificates fuse3 sqlite3 \
+    && rm -rf /var/lib/apt/lists/*
+
+# The LiteFS binary from its official image.
+COPY --from=flyio/litefs:0.5 /usr/local/bin/litefs /usr/local/bin/litefs
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY forwarder ./forwarder
+COPY example_app ./example_app
+# No litestream extra: on Fly, LiteFS replicates.
+RUN pip install --no-cache-dir ".[metrics]"
+
+COPY litefs.yml /etc/litefs.yml
+
+# LiteFS mounts /litefs, joins the cluster (Consul lease), syncs, then runs the `exec` command.
+# It must run as root (FUSE); it forwards SIGINT/SIGTERM to uvicorn.
+ENTRYPOINT ["litefs", "mount"]

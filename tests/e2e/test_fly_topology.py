@@ -6,32 +6,27 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 
-import anyio
 import httpx
 import pytest
 
 from forwarder.dev import Cluster
+
+from .conftest import running_cluster
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")
 async def fly_cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
-    running = Cluster(
+    async with running_cluster(
         app="example_app:app",
         data_dir=tmp_path_factory.mktemp("fly"),
         replicas=2,
         regions=["iad", "ams", "syd"],
         fly_app="forwarder-test",
         env={"FORWARDER_MODE": "replay"},
-    )
-    try:
-        with anyio.fail_after(90):
-            await running.start()
+    ) as running:
         yield running
-    finally:
-        with anyio.CancelScope(shield=True), anyio.fail_after(60):
-            await running.stop()
 
 
 async def test_nodes_take_their_identity_from_fly_variables(fly_cluster: Cluster) -> None:

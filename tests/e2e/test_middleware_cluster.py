@@ -16,6 +16,8 @@ from websockets.asyncio.client import connect
 
 from forwarder.dev import Cluster
 
+from .conftest import running_cluster
+
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,20 +26,14 @@ APP = "tests.e2e.apps.middleware_app:app"
 
 @pytest.fixture(scope="module")
 async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
-    running = Cluster(
+    async with running_cluster(
         app=APP,
         data_dir=tmp_path_factory.mktemp("mw"),
         replicas=2,
         app_dir=ROOT,
         env={"FORWARDER_REPLICATION_TIMEOUT": "1", "FORWARDER_ALWAYS_FORWARD": "/ws/always"},
-    )
-    try:
-        with anyio.fail_after(90):
-            await running.start()
+    ) as running:
         yield running
-    finally:
-        with anyio.CancelScope(shield=True), anyio.fail_after(60):
-            await running.stop()
 
 
 def edge(cluster: Cluster, region: str) -> httpx.AsyncClient:
@@ -176,16 +172,12 @@ async def test_health_and_metrics_on_every_node(cluster: Cluster) -> None:
 async def test_loop_guard_when_replicas_name_the_wrong_primary(tmp_path: Path) -> None:
     # Replicas believe node-2 (a replica) is the primary: the replay lands on a non-primary, which
     # must answer 503 with Retry-After instead of replaying again (the edge would allow 10 hops).
-    broken = Cluster(app=APP, data_dir=tmp_path, replicas=2, app_dir=ROOT, env={"FORWARDER_PRIMARY_ID": "node-2"})
-    try:
-        with anyio.fail_after(90):
-            await broken.start()
+    async with running_cluster(
+        app=APP, data_dir=tmp_path, replicas=2, app_dir=ROOT, env={"FORWARDER_PRIMARY_ID": "node-2"}
+    ) as broken:
         async with edge(broken, "syd") as client:
             response = await client.post("/items", json={"value": "loop"})
-        assert response.status_code == 503
-        assert response.headers["retry-after"] == "1"
-        assert response.headers["x-edge-replays"] == "1"
-        assert "not the primary" in response.text
-    finally:
-        with anyio.CancelScope(shield=True), anyio.fail_after(60):
-            await broken.stop()
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.headers["x-edge-replays"] == "1"
+    assert "not the primary" in response.text

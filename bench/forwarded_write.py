@@ -70,6 +70,8 @@ async def run(rounds: int) -> dict[str, Any]:
                         if kind == "rpc":
                             await socket.send(json.dumps({"type": "post", **body}))
                             reply = json.loads(await socket.recv())
+                            while reply["type"] == "render":  # pushed whenever the node's position advances
+                                reply = json.loads(await socket.recv())
                             assert reply["type"] == "ack", reply
                             samples["rpc: total"].append(time.perf_counter() - started)
                             continue

@@ -1,4 +1,8 @@
-"""The demo app: a message board on forwarder. `example_app:app` is built from `FORWARDER_*` settings."""
+"""The demo app: a live message board on forwarder. `example_app:app` is built from `FORWARDER_*` settings.
+
+`GET /` is rendered on the server; the page keeps a websocket to `/live` (see `example_app.live`)
+over which it posts and receives a fresh render whenever this node's replica advances.
+"""
 
 from __future__ import annotations
 

@@ -516,17 +516,28 @@ def _request_id(node: EdgeNode | None) -> str:
 
 
 def _browser_regions(scope: Scope) -> tuple[str, ...]:
-    """Regions from a `fly-region` cookie or `?_region=` (browsers cannot set routing headers on links)."""
+    """Regions from `?_region=` or else a `fly-region` cookie (browsers cannot set routing headers on links).
+
+    The query wins, so a link switches region; the edge then sets the cookie (`_region_cookie`), so
+    the page's own requests (scripts, its websocket) stay in that region too.
+    """
+    query = _query_region(scope.get("query_string", b""))
+    if query:
+        return parse_region_list(query)
     for name, value in scope["headers"]:
         if name.lower() == b"cookie":
             for pair in value.decode("latin-1").split(";"):
                 key, _, text = pair.strip().partition("=")
                 if key == "fly-region" and text:
                     return parse_region_list(text)
-    for key, text in parse_qsl(scope.get("query_string", b"").decode("latin-1")):
-        if key == "_region" and text:
-            return parse_region_list(text)
     return ()
+
+
+def _query_region(query: bytes) -> str | None:
+    for key, text in parse_qsl(query.decode("latin-1")):
+        if key == "_region" and text:
+            return text
+    return None
 
 
 def _request(scope: Scope, choice: Choice, body: _Body) -> _Request:
@@ -578,6 +589,9 @@ def _apply_transform(request: _Request, instruction: ReplayInstruction) -> None:
 
 def _edge_headers(request: _Request, node: EdgeNode | None) -> Headers:
     headers = [(b"fly-request-id", request.request_id.encode()), (b"x-edge-replays", str(request.replays).encode())]
+    region = _query_region(request.target.partition("?")[2].encode("latin-1"))
+    if region and all(c.isalnum() or c in ",-" for c in region):
+        headers.append((b"set-cookie", f"fly-region={region}; Path=/; SameSite=Lax".encode()))
     return headers + ([(b"x-edge-node", node.id.encode())] if node is not None else [])
 
 

@@ -213,6 +213,20 @@ async def test_prefer_region_cookie_query_and_the_headers_fly_adds() -> None:
             assert (await c.client.get("/echo", headers={"fly-force-region": "lax"})).status_code == 503
 
 
+async def test_a_region_query_sticks_the_browser_to_that_region() -> None:
+    with anyio.fail_after(30):
+        async with cluster() as c:
+            c.client.cookies.clear()
+            first = await c.client.get("/echo?_region=ams")
+            assert echoed(first)["node"] == "n2"
+            assert first.headers["set-cookie"] == "fly-region=ams; Path=/; SameSite=Lax"
+            # The page's own requests (its scripts, its websocket) carry no query but the cookie.
+            assert {echoed(await c.client.get("/echo"))["node"] for _ in range(6)} == {"n2"}
+            # Another link switches region.
+            assert echoed(await c.client.get("/echo?_region=syd"))["node"] == "n3"
+            assert echoed(await c.client.get("/echo"))["node"] == "n3"
+
+
 async def test_round_robin_spreads_requests() -> None:
     with anyio.fail_after(30):
         async with cluster() as c:

@@ -25,7 +25,7 @@ def main() -> None:
     print("wake latency...", flush=True)
     results["wake"] = asyncio.run(wake.main(rounds, 1.0 if args.quick else 2.0))
     print("read path...", flush=True)
-    results["read_path"] = read_path.run(2 if args.quick else 5, 2 if args.quick else 3, 16)
+    results["read_path"] = read_path.run(2 if args.quick else 9, 2 if args.quick else 3, 16)
     print("forwarded writes...", flush=True)
     results["forwarded_write"] = asyncio.run(forwarded_write.run(rounds))
     results["seconds"] = round(time.monotonic() - started, 1)
@@ -55,7 +55,7 @@ def render(results: dict[str, Any]) -> str:
             "",
             "**Read path** (GET throughput on a replica, middleware / bare app, wrk, A/B alternating)",
             "",
-            table(read_rows, ["handler", "bare req/s (median)", "forwarder req/s (median)", "ratio"]),
+            table(read_rows, read_path.COLUMNS),
             "",
             "**Forwarded write** (real 3-node cluster, Litestream, loopback, ms)",
             "",

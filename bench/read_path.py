@@ -30,7 +30,6 @@ import httpx
 
 from bench.stats import table, write_results
 
-
 COLUMNS = [
     "handler",
     "bare req/s (median)",

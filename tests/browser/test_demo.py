@@ -19,6 +19,8 @@ from playwright.async_api import Browser, Locator, Page, ViewportSize, async_pla
 
 from forwarder.dev import Cluster, NodeProcess
 
+from ..e2e.conftest import running_cluster
+
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -44,16 +46,10 @@ ELSEWHERE_MS = 3000
 @pytest.fixture(scope="module")
 async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
     """The example app on a primary in fra and replicas in ams and syd. Every process stopped at the end."""
-    running = Cluster(
+    async with running_cluster(
         app="example_app:app", data_dir=tmp_path_factory.mktemp("cluster"), replicas=2, regions=["fra", "ams", "syd"]
-    )
-    try:
-        with anyio.fail_after(90):
-            await running.start()
+    ) as running:
         yield running
-    finally:
-        with anyio.CancelScope(shield=True), anyio.fail_after(60):
-            await running.stop()
 
 
 @pytest.fixture(scope="module")

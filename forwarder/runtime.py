@@ -101,6 +101,7 @@ class Forwarder:
         self.database = Database(database, is_primary=lambda: self.is_primary) if database else None
         self._client: httpx.AsyncClient | None = None
         self._rpc: RPCClient | None = None
+        self._retired: list[httpx.AsyncClient] = []  # pools to former primaries
         self._state = _State.UNOPENED
         engine.on_position(self.tracker.advance)
         engine.on_primary_change(self._follow_primary)
@@ -184,8 +185,9 @@ class Forwarder:
         if self._probe is not None:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)
-        if self._client is not None:
-            await self._client.aclose()
+        for client in [*self._retired, *([self._client] if self._client is not None else [])]:
+            await client.aclose()
+        self._retired.clear()
         await self.engine.aclose()
 
     async def __aenter__(self) -> Forwarder:
@@ -239,16 +241,16 @@ class Forwarder:
             timeout = httpx.Timeout(self.forward_timeout, connect=self.connect_timeout)
             limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
             self._client = httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits, transport=self._transport)
+            # The RPC client shares the pool, so it is rebuilt with it.
+            self._rpc = RPCClient(self._client, self._secret, timeout=self.rpc_timeout)
         return self._client
 
     @property
     def rpc(self) -> RPCClient:
-        if self._rpc is None or self._rpc_client_of is not self.client:
-            self._rpc = RPCClient(self.client, self._secret, timeout=self.rpc_timeout)
-            self._rpc_client_of = self.client
+        """Calls `@primary_only` functions on the primary, over the same pool as `client`."""
+        self.client  # noqa: B018 - builds the pool, and the RPC client with it, when needed
+        assert self._rpc is not None
         return self._rpc
-
-    _rpc_client_of: httpx.AsyncClient | None = None
 
     def _follow_primary(self, info: PrimaryInfo) -> None:
         before = (self.topology.role, self.topology.primary_url)
@@ -261,9 +263,9 @@ class Forwarder:
                 self.topology.primary_url,
             )
             if self._client is not None and self.topology.primary_url != before[1]:
-                old, self._client = self._client, None
-                # Requests in flight keep the old pool; it is closed when the event loop collects it.
-                del old
+                # Requests in flight finish on the old pool; it is closed with the forwarder.
+                self._retired.append(self._client)
+                self._client = self._rpc = None
 
     # -- operations --------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
-from ..exceptions import ForwarderError, RPCAuthError, RPCError, RPCValidationError
+from ..exceptions import RPCAuthError, RPCError, RPCValidationError
 from .signing import SIGNATURE_HEADER
 from .wire import RPC_PATH_PREFIX, RPCCall
 
@@ -93,9 +93,6 @@ async def _handle(forwarder: Forwarder, scope: Scope, receive: Receive) -> JSONR
         return _failure(422, "ValidationError", _summary(exc))
     except RPCError as exc:
         return _failure(exc.status, type(exc).__name__, exc.message, retryable=exc.retryable)
-    except ForwarderError as exc:
-        logger.exception("RPC %s failed", name)
-        return _failure(500, type(exc).__name__, str(exc))
     except Exception as exc:
         logger.exception("RPC %s raised", name)
         return _failure(500, type(exc).__name__, str(exc))

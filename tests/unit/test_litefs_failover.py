@@ -54,9 +54,12 @@ async def test_a_primary_change_moves_forwarded_writes_within_one_request(tmp_pa
                     while forwarder.topology.primary_id != "n3":
                         await anyio.sleep(0.001)
                     second = await client.post("/w")
+                    old_pools = list(forwarder._retired)
+                    assert len(old_pools) == 1, "the pool to the old primary is retired, not reused"
                     fake.set_primary(None)  # this node becomes the primary
                     while not forwarder.is_primary:
                         await anyio.sleep(0.001)
+    assert all(pool.is_closed for pool in old_pools), "and closed with the forwarder"
     assert first.json() == {"served_by": "n1"}
     assert second.json() == {"served_by": "n3"}
     assert seen == ["n1", "n3"]

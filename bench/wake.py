@@ -16,7 +16,8 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,25 @@ def write_txid(path: Path, txid: int) -> float:
     moment = time.perf_counter()
     os.replace(tmp, path)
     return moment
+
+
+@asynccontextmanager
+async def watched_txid_file(initial: int | None = None) -> AsyncIterator[tuple[Path, Tracker]]:
+    """A replica's `-txid` file in a temp dir, watched by a real LitestreamEngine feeding a Tracker."""
+    with tempfile.TemporaryDirectory() as tmp:
+        database = Path(tmp) / "app.db"
+        path = Path(f"{database}-txid")
+        if initial is not None:
+            write_txid(path, initial)
+        engine = LitestreamEngine(database, Role.REPLICA)
+        tracker = Tracker()
+        engine.on_position(tracker.advance)
+        await engine.start()
+        tracker.reset(engine.position)
+        try:
+            yield path, tracker
+        finally:
+            await engine.aclose()
 
 
 def read_txid(path: Path) -> int:
@@ -65,130 +85,99 @@ async def measure(path: Path, txid: int, waiter: Callable[[], Coroutine[Any, Any
 async def wake_latencies(rounds: int) -> dict[str, list[float]]:
     results: dict[str, list[float]] = {"tracker (inotify)": [], "poll 1 ms": [], "poll 30 ms": [], "poll 50 ms": []}
     results["tracker (memory signal)"] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        database = Path(tmp) / "app.db"
-        path = Path(f"{database}-txid")
-        engine = LitestreamEngine(database, Role.REPLICA)
-        tracker = Tracker()
-        engine.on_position(tracker.advance)
-        await engine.start()
+    async with watched_txid_file() as (path, tracker):
         log = MemoryLog()
         memory = MemoryEngine(log, Role.REPLICA)
         memory_tracker = Tracker()
         memory.on_position(memory_tracker.advance)
         txid = 0
-        try:
-            for _ in range(rounds):
-                order = list(results)
-                random.shuffle(order)  # alternate A and B so drift on the shared machine hits all alike
-                for name in order:
-                    txid += 1
-                    if name == "tracker (inotify)":
+        for _ in range(rounds):
+            order = list(results)
+            random.shuffle(order)  # alternate A and B so drift on the shared machine hits all alike
+            for name in order:
+                txid += 1
+                if name == "tracker (inotify)":
 
-                        async def event(t: int = txid) -> float:
-                            await tracker.wait_for(Txid(t), timeout=5)
-                            return time.perf_counter()
+                    async def event(t: int = txid) -> float:
+                        await tracker.wait_for(Txid(t), timeout=5)
+                        return time.perf_counter()
 
-                        results[name].append(await measure(path, txid, event, IDLE))
-                    elif name == "tracker (memory signal)":
-                        log.commit()
-                        waiter = asyncio.create_task(memory_tracker.wait_for(log.head, timeout=5))
-                        await asyncio.sleep(0.002 + random.uniform(0, IDLE))
-                        signalled = time.perf_counter()
-                        memory.apply()
-                        await waiter
-                        results[name].append(time.perf_counter() - signalled)
-                    else:
-                        interval = {"poll 1 ms": 0.001, "poll 30 ms": 0.03, "poll 50 ms": 0.05}[name]
+                    results[name].append(await measure(path, txid, event, IDLE))
+                elif name == "tracker (memory signal)":
+                    log.commit()
+                    waiter = asyncio.create_task(memory_tracker.wait_for(log.head, timeout=5))
+                    await asyncio.sleep(0.002 + random.uniform(0, IDLE))
+                    signalled = time.perf_counter()
+                    memory.apply()
+                    await waiter
+                    results[name].append(time.perf_counter() - signalled)
+                else:
+                    interval = {"poll 1 ms": 0.001, "poll 30 ms": 0.03, "poll 50 ms": 0.05}[name]
 
-                        def poller(t: int = txid, i: float = interval) -> Coroutine[Any, Any, float]:
-                            return poll_waiter(path, t, i)
+                    def poller(t: int = txid, i: float = interval) -> Coroutine[Any, Any, float]:
+                        return poll_waiter(path, t, i)
 
-                        results[name].append(await measure(path, txid, poller, IDLE))
-        finally:
-            await engine.aclose()
+                    results[name].append(await measure(path, txid, poller, IDLE))
     return results
 
 
 async def hot_wake(rounds: int) -> list[float]:
     """Tracker over inotify with no idle gap before the signal (a busy node)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        database = Path(tmp) / "app.db"
-        path = Path(f"{database}-txid")
-        engine = LitestreamEngine(database, Role.REPLICA)
-        tracker = Tracker()
-        engine.on_position(tracker.advance)
-        await engine.start()
+    async with watched_txid_file() as (path, tracker):
         out = []
-        try:
-            for txid in range(1, rounds + 1):
+        for txid in range(1, rounds + 1):
 
-                async def event(t: int = txid) -> float:
-                    await tracker.wait_for(Txid(t), timeout=5)
-                    return time.perf_counter()
+            async def event(t: int = txid) -> float:
+                await tracker.wait_for(Txid(t), timeout=5)
+                return time.perf_counter()
 
-                out.append(await measure(path, txid, event, 0.0))
-        finally:
-            await engine.aclose()
+            out.append(await measure(path, txid, event, 0.0))
         return out
 
 
 async def ten_thousand(idle_seconds: float) -> dict[str, float]:
     """Idle CPU with 10,000 waiters (ours vs 10,000 pollers at 50 ms) and time to wake all of ours."""
     out: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        database = Path(tmp) / "app.db"
-        path = Path(f"{database}-txid")
-        write_txid(path, 1)
-        engine = LitestreamEngine(database, Role.REPLICA)
-        tracker = Tracker()
-        engine.on_position(tracker.advance)
-        await engine.start()
-        try:
-            tracker.reset(engine.position)
-            woken: list[float] = []
+    async with watched_txid_file(initial=1) as (path, tracker):
+        woken: list[float] = []
 
-            async def waiter() -> None:
-                await tracker.wait_for(Txid(2), timeout=60)
-                woken.append(time.perf_counter())
+        async def waiter() -> None:
+            await tracker.wait_for(Txid(2), timeout=60)
+            woken.append(time.perf_counter())
 
-            tasks = [asyncio.create_task(waiter()) for _ in range(10_000)]
-            await asyncio.sleep(0.2)
-            cpu0, wall0 = time.process_time(), time.perf_counter()
-            await asyncio.sleep(idle_seconds)
-            out["tracker_idle_cpu_percent"] = round(
-                100 * (time.process_time() - cpu0) / (time.perf_counter() - wall0), 2
-            )
-            signalled = write_txid(path, 2)
-            await asyncio.gather(*tasks)
-            out["tracker_wake_all_10000_ms"] = round((max(woken) - signalled) * 1000, 2)
+        tasks = [asyncio.create_task(waiter()) for _ in range(10_000)]
+        await asyncio.sleep(0.2)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        await asyncio.sleep(idle_seconds)
+        out["tracker_idle_cpu_percent"] = round(100 * (time.process_time() - cpu0) / (time.perf_counter() - wall0), 2)
+        signalled = write_txid(path, 2)
+        await asyncio.gather(*tasks)
+        out["tracker_wake_all_10000_ms"] = round((max(woken) - signalled) * 1000, 2)
 
-            # asyncio's own floor on this machine: 10,000 tasks resumed by one bare asyncio.Event.
-            event = asyncio.Event()
-            resumed: list[float] = []
+        # asyncio's own floor on this machine: 10,000 tasks resumed by one bare asyncio.Event.
+        event = asyncio.Event()
+        resumed: list[float] = []
 
-            async def on_event() -> None:
-                await event.wait()
-                resumed.append(time.perf_counter())
+        async def on_event() -> None:
+            await event.wait()
+            resumed.append(time.perf_counter())
 
-            floor = [asyncio.create_task(on_event()) for _ in range(10_000)]
-            await asyncio.sleep(0.2)
-            signalled = time.perf_counter()
-            event.set()
-            await asyncio.gather(*floor)
-            out["asyncio_event_floor_10000_ms"] = round((max(resumed) - signalled) * 1000, 2)
+        floor = [asyncio.create_task(on_event()) for _ in range(10_000)]
+        await asyncio.sleep(0.2)
+        signalled = time.perf_counter()
+        event.set()
+        await asyncio.gather(*floor)
+        out["asyncio_event_floor_10000_ms"] = round((max(resumed) - signalled) * 1000, 2)
 
-            pollers = [asyncio.create_task(poll_waiter(path, 3, 0.05)) for _ in range(10_000)]
-            await asyncio.sleep(0.2)
-            cpu0, wall0 = time.process_time(), time.perf_counter()
-            await asyncio.sleep(idle_seconds)
-            busy = time.process_time() - cpu0
-            out["poll50_idle_cpu_percent"] = round(100 * busy / (time.perf_counter() - wall0), 2)
-            signalled = write_txid(path, 3)
-            await asyncio.gather(*pollers)
-            out["poll50_wake_all_10000_ms"] = round((time.perf_counter() - signalled) * 1000, 2)
-        finally:
-            await engine.aclose()
+        pollers = [asyncio.create_task(poll_waiter(path, 3, 0.05)) for _ in range(10_000)]
+        await asyncio.sleep(0.2)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        await asyncio.sleep(idle_seconds)
+        busy = time.process_time() - cpu0
+        out["poll50_idle_cpu_percent"] = round(100 * busy / (time.perf_counter() - wall0), 2)
+        signalled = write_txid(path, 3)
+        await asyncio.gather(*pollers)
+        out["poll50_wake_all_10000_ms"] = round((time.perf_counter() - signalled) * 1000, 2)
     return out
 
 

@@ -7,6 +7,7 @@ node that forwarded a write answers only once its own replica holds it.
 from __future__ import annotations
 
 from .database import Database
+from .endpoints import primary_endpoint
 from .engines.base import Engine, PrimaryInfo, Role
 from .engines.memory import MemoryEngine, MemoryLog
 from .exceptions import (
@@ -15,6 +16,7 @@ from .exceptions import (
     EngineUnavailable,
     ForwarderError,
     InvalidTxid,
+    MustRunOnPrimary,
     OutcomeUnknown,
     PositionFormatError,
     PrimaryUnavailable,
@@ -49,6 +51,7 @@ __all__ = [
     "InvalidTxid",
     "MemoryEngine",
     "MemoryLog",
+    "MustRunOnPrimary",
     "OutcomeUnknown",
     "PositionFormatError",
     "PrimaryInfo",
@@ -66,5 +69,6 @@ __all__ = [
     "Txid",
     "UnknownFunction",
     "__version__",
+    "primary_endpoint",
     "primary_only",
 ]

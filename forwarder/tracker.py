@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import itertools
 
 from .exceptions import ReplicationTimeout
 from .txid import Txid
@@ -25,10 +24,11 @@ class Tracker:
     """Owns this node's replication position and wakes the coroutines waiting on it.
 
     The engine calls `advance()` when the position moves (an inotify event, a LiteFS `tx` event);
-    `wait_for()` suspends until the position reaches a txid. Waiters sit in a heap ordered by the
-    txid they need, so one advance wakes exactly the reached ones, however many are waiting, and an
-    idle tracker runs no code at all. Checking the position and registering the waiter happen with
-    no `await` in between, so an advance cannot slip through between the two.
+    `wait_for()` suspends until the position reaches a txid. Waiters are grouped by the txid they
+    need, and the distinct txids sit in a heap, so one advance wakes exactly the reached ones with
+    one heap pop per distinct txid (not per waiter), and an idle tracker runs no code at all.
+    Checking the position and registering the waiter happen with no `await` in between, so an
+    advance cannot slip through between the two.
 
     >>> tracker = Tracker()
     >>> await tracker.wait_for(Txid(5), timeout=1.0)   # returns once something calls advance(5)
@@ -36,8 +36,9 @@ class Tracker:
 
     def __init__(self, position: Txid | None = None) -> None:
         self._position = position if position is not None else Txid(0)
-        self._waiters: list[tuple[int, int, asyncio.Future[Txid]]] = []
-        self._order = itertools.count()
+        self._waiters: dict[int, list[asyncio.Future[Txid]]] = {}  # needed txid -> its waiters
+        self._needed: list[int] = []  # heap of the keys of _waiters
+        self._registered = 0  # futures in _waiters, done or not (drives compaction)
         self._abandoned = 0  # waiters given up since the last compaction (drives compaction only)
 
     @property
@@ -48,18 +49,20 @@ class Tracker:
     @property
     def waiting(self) -> int:
         """How many coroutines are suspended in `wait_for()` right now."""
-        return sum(1 for _, _, future in self._waiters if not future.done())
+        return sum(1 for futures in self._waiters.values() for future in futures if not future.done())
 
     def advance(self, position: Txid) -> None:
         """Record a new position and wake every waiter it satisfies. Older positions are ignored."""
         if position <= self._position:
             return
         self._position = position
-        waiters = self._waiters
-        while waiters and waiters[0][0] <= position:
-            _, _, future = heapq.heappop(waiters)
-            if not future.done():
-                future.set_result(position)
+        needed = self._needed
+        while needed and needed[0] <= position:
+            futures = self._waiters.pop(heapq.heappop(needed))
+            self._registered -= len(futures)
+            for future in futures:
+                if not future.done():
+                    future.set_result(position)
 
     def reset(self, position: Txid) -> None:
         """Set the position even if it moves backwards (a re-restored replica, a failover)."""
@@ -76,7 +79,13 @@ class Tracker:
             return self._position
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Txid] = loop.create_future()
-        heapq.heappush(self._waiters, (int(txid), next(self._order), future))
+        key = int(txid)
+        futures = self._waiters.get(key)
+        if futures is None:
+            futures = self._waiters[key] = []
+            heapq.heappush(self._needed, key)
+        futures.append(future)
+        self._registered += 1
         # A bare timer that fails the future, rather than asyncio.timeout(): no per-waiter Timeout
         # object or task cancellation, which is what makes waking 10,000 waiters cheap.
         timer = loop.call_later(timeout, _expire, future) if timeout is not None else None
@@ -87,17 +96,21 @@ class Tracker:
         finally:
             if timer is not None:
                 timer.cancel()
-            # Only advance() pops entries; a future that failed (timeout) or was cancelled (the
-            # caller was) is still in the heap.
+            # Only advance() removes entries; a future that failed (timeout) or was cancelled (the
+            # caller was) is still registered.
             if not future.done() or future.cancelled() or future.exception() is not None:
                 future.cancel()
                 self._abandon()
 
     def _abandon(self) -> None:
-        # Removing from the middle of a heap is O(n), so cancelled waiters stay until popped; once
-        # they are the majority, compact, so a storm of timeouts cannot grow the heap without bound.
+        # Removing one future from its list is O(n), so given-up waiters stay until their txid is
+        # reached; once they are the majority, compact, so a storm of timeouts cannot grow the
+        # registry without bound.
         self._abandoned += 1
-        if self._abandoned > 64 and self._abandoned * 2 > len(self._waiters):
-            self._waiters = [item for item in self._waiters if not item[2].done()]
-            heapq.heapify(self._waiters)
+        if self._abandoned > 64 and self._abandoned * 2 > self._registered:
+            live = {key: [f for f in futures if not f.done()] for key, futures in self._waiters.items()}
+            self._waiters = {key: futures for key, futures in live.items() if futures}
+            self._needed = list(self._waiters)
+            heapq.heapify(self._needed)
+            self._registered = sum(len(futures) for futures in self._waiters.values())
             self._abandoned = 0

@@ -1,7 +1,9 @@
 """Forwarded-write latency on a real local cluster (uvicorn + Litestream on loopback).
 
-Alternates, round by round: a direct write on the primary (baseline), the same write sent to a
-replica in proxy mode, and the same write through `@primary_only` from a replica's websocket.
+Alternates, round by round: a direct write on the primary (baseline), the same write through the
+smallest uvicorn + httpx reverse proxy (`bench/apps/bare_proxy.py`: what one extra Python hop costs
+by itself), the same write sent to a replica in proxy mode, and the same write through
+`@primary_only` from a replica's websocket.
 The proxied write is decomposed from `Server-Timing`: hop to the primary and back, the primary's
 handler, `commit_position` (Litestream /sync) and the replica's replication wait.
 
@@ -14,16 +16,15 @@ import argparse
 import asyncio
 import json
 import random
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
+from bench.local_cluster import local_cluster
+from bench.servers import uvicorn_server
 from bench.stats import summary_ms, table, write_results
-from forwarder.dev import Cluster
 
 
 def timings(response: httpx.Response) -> dict[str, float]:
@@ -44,43 +45,45 @@ async def run(rounds: int) -> dict[str, Any]:
             "direct: total",
             "direct: handler",
             "direct: commit_position",
+            "bare hop (baseline proxy): total",
             "proxy: total",
             "proxy: hop (total - handler - commit - replication)",
             "proxy: replication wait",
             "rpc: total",
         )
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        cluster = Cluster(app="example_app:app", data_dir=Path(tmp), replicas=2)
-        await cluster.start()
-        try:
-            replica = cluster.replicas[0]
+    async with local_cluster() as cluster:
+        replica = cluster.replicas[0]
+        bare = uvicorn_server("bench.apps.bare_proxy:app", {"BENCH_UPSTREAM": cluster.primary.url}, "/")
+        with bare as bare_url:
             async with httpx.AsyncClient(timeout=10) as client:
-                socket: ClientConnection = await connect(replica.url.replace("http", "ws") + "/live")
-                await socket.recv()
+                socket: ClientConnection = await connect(replica.url.replace("http", "ws") + "/rpc")
                 for _ in range(20):  # warm up connections and code paths
-                    await client.post(f"{replica.url}/api/messages", json={"author": "b", "text": "warm"})
+                    await client.post(f"{replica.url}/write", content="warm")
+                    await client.post(f"{bare_url}/write", content="warm")
+                    await socket.send("warm")
+                    await socket.recv()
                 for i in range(rounds):
-                    kinds = ["direct", "proxy", "rpc"]
+                    kinds = ["direct", "bare", "proxy", "rpc"]
                     random.shuffle(kinds)
                     for kind in kinds:
                         client.cookies.clear()
-                        body = {"author": "bench", "text": f"{kind} {i}"}
+                        text = f"{kind} {i}"
                         started = time.perf_counter()
                         if kind == "rpc":
-                            await socket.send(json.dumps({"type": "post", **body}))
+                            await socket.send(text)
                             reply = json.loads(await socket.recv())
-                            while reply["type"] == "render":  # pushed whenever the node's position advances
-                                reply = json.loads(await socket.recv())
-                            assert reply["type"] == "ack", reply
+                            assert isinstance(reply.get("id"), int), reply
                             samples["rpc: total"].append(time.perf_counter() - started)
                             continue
-                        url = cluster.primary.url if kind == "direct" else replica.url
-                        response = await client.post(f"{url}/api/messages", json=body)
+                        url = {"direct": cluster.primary.url, "bare": bare_url, "proxy": replica.url}[kind]
+                        response = await client.post(f"{url}/write", content=text)
                         total = time.perf_counter() - started
                         assert response.status_code == 201, response.text
                         t = timings(response)
-                        if kind == "direct":
+                        if kind == "bare":
+                            samples["bare hop (baseline proxy): total"].append(total)
+                        elif kind == "direct":
                             samples["direct: total"].append(total)
                             samples["direct: handler"].append(t["app"])
                             samples["direct: commit_position"].append(t["commit"])
@@ -91,19 +94,33 @@ async def run(rounds: int) -> dict[str, Any]:
                                 total - t["app"] - t["commit"] - t["replication"]
                             )
                 await socket.close()
-        finally:
-            await cluster.stop()
+    # Paired per round (the four kinds ran back to back): drift on the shared machine cancels out.
+    samples["paired: proxy - direct - replication wait"] = [
+        proxy - direct - wait
+        for proxy, direct, wait in zip(
+            samples["proxy: total"], samples["direct: total"], samples["proxy: replication wait"], strict=True
+        )
+    ]
+    samples["paired: bare hop - direct"] = [
+        bare - direct
+        for bare, direct in zip(samples["bare hop (baseline proxy): total"], samples["direct: total"], strict=True)
+    ]
     rows = [{"measure": name, **summary_ms(values)} for name, values in samples.items()]
     direct = summary_ms(samples["direct: total"])
     proxy = summary_ms(samples["proxy: total"])
     wait = summary_ms(samples["proxy: replication wait"])
+    bare_hop = summary_ms(samples["bare hop (baseline proxy): total"])
     hop = summary_ms(samples["proxy: hop (total - handler - commit - replication)"])
     return {
         "rows": rows,
         "overhead": {
             "description": "proxied write minus (direct write on the primary + replication wait), p50",
             "p50_ms": round(proxy["p50_ms"] - direct["p50_ms"] - wait["p50_ms"], 3),
+            "paired_p50_ms": summary_ms(samples["paired: proxy - direct - replication wait"])["p50_ms"],
+            "paired_bare_hop_p50_ms": summary_ms(samples["paired: bare hop - direct"])["p50_ms"],
             "hop_p50_ms": hop["p50_ms"],
+            "bare_hop_p50_ms": round(bare_hop["p50_ms"] - direct["p50_ms"], 3),
+            "bare_hop_description": "baseline proxy (uvicorn + httpx, nothing else) minus direct write, p50",
         },
     }
 
@@ -116,4 +133,9 @@ if __name__ == "__main__":
     path = write_results("forwarded_write", result)
     print(table(result["rows"], ["measure", "n", "p50_ms", "p99_ms", "max_ms"]))
     print(f"\noverhead beyond direct write + replication (p50): {result['overhead']['p50_ms']} ms")
+    print(f"one bare Python hop (uvicorn + httpx) costs (p50): {result['overhead']['bare_hop_p50_ms']} ms")
+    overhead = result["overhead"]
+    print(
+        f"paired per round, p50: ours {overhead['paired_p50_ms']} ms, bare hop {overhead['paired_bare_hop_p50_ms']} ms"
+    )
     print(f"written to {path}")

@@ -177,6 +177,10 @@ class Broadcaster:
                 while True:
                     await self._wake.wait()
                     self._wake.clear()
+                    if not self.sessions:
+                        # Nobody to render for: a node under write load would spend its CPU on
+                        # boards no one sees. A session that joins gets a fresh render of its own.
+                        continue
                     await self._render_and_push()
                     await anyio.sleep(self.min_interval)
         finally:
@@ -200,6 +204,8 @@ class Broadcaster:
     async def _poll(self) -> None:
         while True:
             await anyio.sleep(self.poll_interval)
+            if not self.sessions:
+                continue
             last = self.last
             if last is None:
                 if self.sessions:

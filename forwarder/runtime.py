@@ -188,6 +188,8 @@ class Forwarder:
         for client in [*self._retired, *([self._client] if self._client is not None else [])]:
             await client.aclose()
         self._retired.clear()
+        if self.database is not None:
+            self.database.close()
         await self.engine.aclose()
 
     async def __aenter__(self) -> Forwarder:

@@ -1,0 +1,76 @@
+"""The write benchmarks' app: one table, a POST handler, and an `@primary_only` function over a websocket.
+
+Kept minimal so the figures are forwarder's and the engine's, not an app's. Configured from
+`FORWARDER_*` like any app (the dev cluster sets them).
+
+- `POST /write` with a text body inserts a row; on a replica the middleware forwards it.
+- `/rpc` (websocket): each text message is stored through `@primary_only` and answered with its id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import anyio.to_thread
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from forwarder import Database, Forwarder, ForwarderMiddleware, primary_only
+from forwarder.context import current_forwarder
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS writes (id INTEGER PRIMARY KEY, text TEXT NOT NULL)"
+
+
+def insert(database: Database, text: str) -> int:
+    with database.write() as conn:
+        row_id = conn.execute("INSERT INTO writes (text) VALUES (?)", (text,)).lastrowid
+    assert row_id is not None
+    return row_id
+
+
+def database_of(forwarder: Forwarder | None) -> Database:
+    if forwarder is None or forwarder.database is None:
+        raise RuntimeError("the write benchmark app needs FORWARDER_DATABASE")
+    return forwarder.database
+
+
+@primary_only
+async def store(text: str) -> int:
+    """Insert a row on the primary; on a replica, return once the replica holds it."""
+    return await anyio.to_thread.run_sync(insert, database_of(current_forwarder()), text)
+
+
+def create() -> ASGIApp:
+    forwarder = Forwarder.from_settings()
+
+    async def write(request: Request) -> JSONResponse:
+        text = (await request.body()).decode("utf-8", errors="replace")
+        row_id = await anyio.to_thread.run_sync(insert, database_of(forwarder), text)
+        return JSONResponse({"id": row_id}, status_code=201)
+
+    async def rpc(websocket: WebSocket) -> None:
+        await websocket.accept()
+        try:
+            while True:
+                text = await websocket.receive_text()
+                await websocket.send_json({"id": await store(text)})
+        except WebSocketDisconnect:
+            pass
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if forwarder.is_primary:
+            with database_of(forwarder).write() as conn:
+                conn.execute(SCHEMA)
+        yield
+
+    app = Starlette(routes=[Route("/write", write, methods=["POST"]), WebSocketRoute("/rpc", rpc)], lifespan=lifespan)
+    return ForwarderMiddleware(app, forwarder=forwarder)
+
+
+app = create()

@@ -1,0 +1,61 @@
+"""The local cluster the write benchmarks run on: `bench/apps/write_app.py` on a primary and two replicas."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from forwarder.dev import Cluster
+
+REPO = Path(__file__).parent.parent
+
+
+@asynccontextmanager
+async def local_cluster(replicas: int = 2) -> AsyncIterator[Cluster]:
+    """Start uvicorn + Litestream nodes on loopback (no edge: clients talk to nodes), stop them after."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cluster = Cluster(
+            app="bench.apps.write_app:app", data_dir=Path(tmp), replicas=replicas, edge=False, app_dir=REPO
+        )
+        await cluster.start()
+        try:
+            yield cluster
+        finally:
+            await cluster.stop()
+
+
+def cpu_seconds(cluster: Cluster) -> dict[str, dict[int, float]]:
+    """User + system CPU seconds so far of every cluster process, by group and then pid (Linux /proc)."""
+    groups: dict[str, list[int | None]] = {
+        "primary app": [cluster.primary.pid],
+        "primary litestream": [cluster.replicator.process.pid],
+        "replica apps": [node.pid for node in cluster.replicas],
+        "replica followers": [
+            node.follower.process.pid if node.follower and node.follower.process else None for node in cluster.replicas
+        ],
+    }
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, dict[int, float]] = {}
+    for group, pids in groups.items():
+        out[group] = {}
+        for pid in pids:
+            if pid is None:
+                continue
+            try:
+                # Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            except FileNotFoundError:
+                continue
+            out[group][pid] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def cpu_used(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]) -> dict[str, float]:
+    """CPU seconds each group used between two `cpu_seconds()` readings (processes in both only)."""
+    return {
+        group: sum(after[group][pid] - before[group][pid] for pid in after[group] if pid in before.get(group, {}))
+        for group in after
+    }

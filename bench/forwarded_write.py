@@ -25,6 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from bench.local_cluster import local_cluster
 from bench.servers import uvicorn_server
 from bench.stats import summary_ms, table, write_results
+from forwarder.dev import Cluster
 
 
 def timings(response: httpx.Response) -> dict[str, float]:
@@ -38,7 +39,7 @@ def timings(response: httpx.Response) -> dict[str, float]:
     return out
 
 
-async def run(rounds: int) -> dict[str, Any]:
+async def measure(cluster: Cluster, rounds: int) -> dict[str, list[float]]:
     samples: dict[str, list[float]] = {
         k: []
         for k in (
@@ -52,48 +53,56 @@ async def run(rounds: int) -> dict[str, Any]:
             "rpc: total",
         )
     }
-    async with local_cluster() as cluster:
-        replica = cluster.replicas[0]
-        bare = uvicorn_server("bench.apps.bare_proxy:app", {"BENCH_UPSTREAM": cluster.primary.url}, "/")
-        with bare as bare_url:
-            async with httpx.AsyncClient(timeout=10) as client:
-                socket: ClientConnection = await connect(replica.url.replace("http", "ws") + "/rpc")
-                for _ in range(20):  # warm up connections and code paths
-                    await client.post(f"{replica.url}/write", content="warm")
-                    await client.post(f"{bare_url}/write", content="warm")
-                    await socket.send("warm")
-                    await socket.recv()
-                for i in range(rounds):
-                    kinds = ["direct", "bare", "proxy", "rpc"]
-                    random.shuffle(kinds)
-                    for kind in kinds:
-                        client.cookies.clear()
-                        text = f"{kind} {i}"
-                        started = time.perf_counter()
-                        if kind == "rpc":
-                            await socket.send(text)
-                            reply = json.loads(await socket.recv())
-                            assert isinstance(reply.get("id"), int), reply
-                            samples["rpc: total"].append(time.perf_counter() - started)
-                            continue
-                        url = {"direct": cluster.primary.url, "bare": bare_url, "proxy": replica.url}[kind]
-                        response = await client.post(f"{url}/write", content=text)
-                        total = time.perf_counter() - started
-                        assert response.status_code == 201, response.text
-                        t = timings(response)
-                        if kind == "bare":
-                            samples["bare hop (baseline proxy): total"].append(total)
-                        elif kind == "direct":
-                            samples["direct: total"].append(total)
-                            samples["direct: handler"].append(t["app"])
-                            samples["direct: commit_position"].append(t["commit"])
-                        else:
-                            samples["proxy: total"].append(total)
-                            samples["proxy: replication wait"].append(t["replication"])
-                            samples["proxy: hop (total - handler - commit - replication)"].append(
-                                total - t["app"] - t["commit"] - t["replication"]
-                            )
-                await socket.close()
+    replica = cluster.replicas[0]
+    bare = uvicorn_server("bench.apps.bare_proxy:app", {"BENCH_UPSTREAM": cluster.primary.url}, "/")
+    with bare as bare_url:
+        async with httpx.AsyncClient(timeout=10) as client:
+            socket: ClientConnection = await connect(replica.url.replace("http", "ws") + "/rpc")
+            for _ in range(20):  # warm up connections and code paths
+                await client.post(f"{replica.url}/write", content="warm")
+                await client.post(f"{bare_url}/write", content="warm")
+                await socket.send("warm")
+                await socket.recv()
+            for i in range(rounds):
+                kinds = ["direct", "bare", "proxy", "rpc"]
+                random.shuffle(kinds)
+                for kind in kinds:
+                    client.cookies.clear()
+                    text = f"{kind} {i}"
+                    started = time.perf_counter()
+                    if kind == "rpc":
+                        await socket.send(text)
+                        reply = json.loads(await socket.recv())
+                        assert isinstance(reply.get("id"), int), reply
+                        samples["rpc: total"].append(time.perf_counter() - started)
+                        continue
+                    url = {"direct": cluster.primary.url, "bare": bare_url, "proxy": replica.url}[kind]
+                    response = await client.post(f"{url}/write", content=text)
+                    total = time.perf_counter() - started
+                    assert response.status_code == 201, response.text
+                    t = timings(response)
+                    if kind == "bare":
+                        samples["bare hop (baseline proxy): total"].append(total)
+                    elif kind == "direct":
+                        samples["direct: total"].append(total)
+                        samples["direct: handler"].append(t["app"])
+                        samples["direct: commit_position"].append(t["commit"])
+                    else:
+                        samples["proxy: total"].append(total)
+                        samples["proxy: replication wait"].append(t["replication"])
+                        samples["proxy: hop (total - handler - commit - replication)"].append(
+                            total - t["app"] - t["commit"] - t["replication"]
+                        )
+            await socket.close()
+    return samples
+
+
+async def run(rounds: int, cluster: Cluster | None = None) -> dict[str, Any]:
+    if cluster is None:
+        async with local_cluster() as started:
+            samples = await measure(started, rounds)
+    else:
+        samples = await measure(cluster, rounds)
     # Paired per round (the four kinds ran back to back): drift on the shared machine cancels out.
     samples["paired: proxy - direct - replication wait"] = [
         proxy - direct - wait

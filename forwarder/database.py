@@ -65,9 +65,7 @@ class Database:
         """A new connection for this node's role; the caller closes it."""
         if self._is_primary():
             # Usable from any thread: the pool hands it to one user (one worker thread) at a time.
-            conn = sqlite3.connect(
-                self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
-            )
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
             for pragma in _PRIMARY_PRAGMAS:
                 conn.execute(pragma)
         else:

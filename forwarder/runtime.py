@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from . import context
+from ._http import node_client
 from .database import Database
 from .engines.base import Engine, PrimaryInfo, Role
 from .exceptions import ConfigurationError, ForwarderError, ReplicationTimeout
@@ -242,7 +243,7 @@ class Forwarder:
                 )
             timeout = httpx.Timeout(self.forward_timeout, connect=self.connect_timeout)
             limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-            self._client = httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits, transport=self._transport)
+            self._client = node_client(base_url=url, timeout=timeout, limits=limits, transport=self._transport)
             # The RPC client shares the pool, so it is rebuilt with it.
             self._rpc = RPCClient(self._client, self._secret, timeout=self.rpc_timeout)
         return self._client

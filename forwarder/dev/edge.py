@@ -34,7 +34,6 @@ answer the upgrade with a non-101 `fly-replay` response to send it elsewhere. Ev
 from __future__ import annotations
 
 import asyncio
-import http.cookiejar
 import itertools
 import logging
 import secrets
@@ -54,6 +53,7 @@ from websockets.datastructures import Headers as WSHeaders
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
+from .._http import node_client
 from ..middleware.headers import HOP_BY_HOP
 from .replay import (
     REPLAY_CONTENT_TYPE,
@@ -221,13 +221,7 @@ class Edge:
         self.max_replays = max_replays
         self.max_replay_body = max_replay_body
         self._owns_client = client is None
-        # No cookie jar (the edge must not keep nodes' cookies) and no proxies from the environment.
-        refuse_all = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-        self.client = client or httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-            cookies=refuse_all,
-            trust_env=False,
-        )
+        self.client = client or node_client(limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
         self._round_robin = itertools.count()
 
     async def aclose(self) -> None:

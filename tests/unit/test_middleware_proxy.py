@@ -202,3 +202,34 @@ async def test_lifespan_starts_and_stops_the_forwarder() -> None:
     # Running when startup completes; already closed when shutdown completes.
     assert started_during == [True, False]
     assert not forwarder.started
+
+
+async def test_cookies_the_primary_sets_for_one_user_never_reach_another() -> None:
+    # The replica's connection pool to the primary is shared by every user: it must not keep a
+    # cookie jar, or one user's session cookie would ride along on the next user's request.
+    ref: list[Nodes] = []
+
+    async def login(request: Request) -> Response:
+        ref[0].log.commit()
+        response = JSONResponse({"ok": True}, status_code=201)
+        response.set_cookie("session", (await request.body()).decode())
+        return response
+
+    async def whoami(request: Request) -> Response:
+        ref[0].log.commit()
+        return JSONResponse({"cookie": request.headers.get("cookie")}, status_code=201)
+
+    def make_app() -> Starlette:
+        return Starlette(routes=[Route("/login", login, methods=["POST"]), Route("/whoami", whoami, methods=["POST"])])
+
+    async with two_nodes(make_app) as nodes:
+        ref.append(nodes)
+        nodes.log.auto_apply = True
+        with anyio.fail_after(5):
+            async with nodes.client(nodes.replica_app) as alice:
+                response = await alice.post("/login", content=b"alice-secret")
+                assert response.status_code == 201
+                assert alice.cookies.get("session") == "alice-secret"
+            async with nodes.client(nodes.replica_app) as bob:
+                seen = (await bob.post("/whoami")).json()["cookie"]
+    assert seen is None or "alice-secret" not in seen

@@ -1,4 +1,4 @@
-"""Run every benchmark, then write `bench/results/latest.json` and `bench/results/latest.md`.
+"""Run every benchmark, then write `bench/results/latest.json`, `latest.md` and the PNG charts.
 
 .venv/bin/python -m bench [--quick]
 """
@@ -11,26 +11,43 @@ import json
 import time
 from typing import Any
 
-from bench import forwarded_write, read_path, wake
+from bench import charts, engine_lag, forwarded_write, profile_hop, read_path, wake, write_throughput
+from bench.local_cluster import local_cluster
 from bench.stats import RESULTS, machine, table
+
+
+async def cluster_benchmarks(quick: bool) -> dict[str, Any]:
+    """The benchmarks that need the local cluster, on one cluster (lightest load first)."""
+    rounds = 40 if quick else 300
+    out: dict[str, Any] = {}
+    async with local_cluster() as cluster:
+        print("forwarded-write latency...", flush=True)
+        out["forwarded_write"] = await forwarded_write.run(rounds, cluster)
+        print("engine lag...", flush=True)
+        out["engine_lag"] = await engine_lag.run(40 if quick else 200, cluster)
+        print("profile of the forward hop...", flush=True)
+        out["profile_hop"] = await profile_hop.run(100 if quick else 400, cluster)
+        print("write throughput...", flush=True)
+        out["write_throughput"] = await write_throughput.run(1 if quick else 3, 2 if quick else 4, cluster)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="run every forwarder benchmark")
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run, not for the README)")
     args = parser.parse_args()
-    rounds = 40 if args.quick else 200
     started = time.monotonic()
     results: dict[str, Any] = {"machine": machine(), "quick": args.quick}
     print("wake latency...", flush=True)
-    results["wake"] = asyncio.run(wake.main(rounds, 1.0 if args.quick else 2.0))
+    results["wake"] = asyncio.run(wake.main(40 if args.quick else 300, 1.0 if args.quick else 2.0))
     print("read path...", flush=True)
     results["read_path"] = read_path.run(2 if args.quick else 9, 2 if args.quick else 3, 16)
-    print("forwarded writes...", flush=True)
-    results["forwarded_write"] = asyncio.run(forwarded_write.run(rounds))
+    results.update(asyncio.run(cluster_benchmarks(args.quick)))
     results["seconds"] = round(time.monotonic() - started, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    for path in charts.draw(results):
+        print(f"chart: {path}")
     markdown = render(results)
     (RESULTS / "latest.md").write_text(markdown)
     print(markdown)
@@ -39,29 +56,48 @@ def main() -> None:
 def render(results: dict[str, Any]) -> str:
     m = results["machine"]
     many = results["wake"]["ten_thousand_waiters"]
+    wake_rows = [{k: v for k, v in row.items() if k != "samples_ms"} for row in results["wake"]["wake"]]
     read_rows = [{k: v for k, v in row.items() if k != "samples"} for row in results["read_path"]["rows"]]
     overhead = results["forwarded_write"]["overhead"]
+    throughput = [{k: v for k, v in row.items() if k != "runs"} for row in results["write_throughput"]["rows"]]
+    profile = results["profile_hop"]
     return "\n".join(
         [
             f"Machine: {m['cpus']} CPUs, Python {m['python']}, {m['platform']}; run took {results['seconds']} s.",
             "",
             "**Catch-up wake** (engine signal to waiting coroutine resumed, ms)",
             "",
-            table(results["wake"]["wake"], ["mechanism", "n", "p50_ms", "p99_ms", "max_ms"]),
+            table(wake_rows, ["mechanism", "n", "p50_ms", "p99_ms", "max_ms"]),
             "",
             f"10,000 waiters: idle CPU {many['tracker_idle_cpu_percent']} % (per-waiter polling at 50 ms: "
             f"{many['poll50_idle_cpu_percent']} %); one change wakes all in {many['tracker_wake_all_10000_ms']} ms "
-            f"(polling: {many['poll50_wake_all_10000_ms']} ms).",
+            f"(polling: {many['poll50_wake_all_10000_ms']} ms; asyncio's own floor, 10,000 tasks on one "
+            f"asyncio.Event: {many['asyncio_event_floor_10000_ms']} ms).",
             "",
             "**Read path** (GET throughput on a replica, middleware / bare app, wrk, A/B alternating)",
             "",
             table(read_rows, read_path.COLUMNS),
             "",
-            "**Forwarded write** (real 3-node cluster, Litestream, loopback, ms)",
+            "**Forwarded write** (write app on a real 3-node cluster, Litestream, loopback, ms)",
             "",
             table(results["forwarded_write"]["rows"], ["measure", "n", "p50_ms", "p99_ms", "max_ms"]),
             "",
-            f"Overhead beyond (direct write on the primary + replication wait), p50: {overhead['p50_ms']} ms.",
+            f"Overhead beyond (direct write on the primary + replication wait), paired per round, p50: "
+            f"{overhead['paired_p50_ms']} ms; one extra hop through a bare uvicorn + httpx proxy, same pairing: "
+            f"{overhead['paired_bare_hop_p50_ms']} ms.",
+            "",
+            "**Engine lag** (Litestream's figure: commit on the primary to the row readable on a replica, ms)",
+            "",
+            table(results["engine_lag"]["rows"], ["measure", "n", "p50_ms", "p99_ms", "max_ms"]),
+            "",
+            "**Write throughput** (wrk, POSTs; forwarded: one wrk thread per replica; direct: both on the primary)",
+            "",
+            table(throughput, write_throughput.COLUMNS),
+            "",
+            f"**Where a forwarded write's CPU goes** (py-spy --gil at {profile['rate']} Hz, {profile['writes']} "
+            "writes one at a time; CPU from /proc)",
+            "",
+            table(profile["rows"], profile_hop.COLUMNS),
             "",
         ]
     )

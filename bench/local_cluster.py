@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from bench.servers import process_cpu_seconds
 from forwarder.dev import Cluster
 
 REPO = Path(__file__).parent.parent
@@ -37,19 +37,13 @@ def cpu_seconds(cluster: Cluster) -> dict[str, dict[int, float]]:
             node.follower.process.pid if node.follower and node.follower.process else None for node in cluster.replicas
         ],
     }
-    tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, dict[int, float]] = {}
     for group, pids in groups.items():
         out[group] = {}
         for pid in pids:
-            if pid is None:
-                continue
-            try:
-                # Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            except FileNotFoundError:
-                continue
-            out[group][pid] = (int(fields[11]) + int(fields[12])) / tick
+            seconds = process_cpu_seconds(pid) if pid is not None else None
+            if pid is not None and seconds is not None:
+                out[group][pid] = seconds
     return out
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from bench.local_cluster import local_cluster
-from bench.servers import uvicorn_server
+from bench.servers import process_cpu_seconds, uvicorn_server
 from bench.stats import RESULTS, table, write_results
 from forwarder.dev import Cluster
 
@@ -66,14 +66,10 @@ def self_time_by_package(raw: Path) -> tuple[int, dict[str, int]]:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / _clock_ticks()
-
-
-def _clock_ticks() -> int:
-    import os
-
-    return os.sysconf("SC_CLK_TCK")
+    seconds = process_cpu_seconds(pid)
+    if seconds is None:
+        raise RuntimeError(f"process {pid} exited during the profile")
+    return seconds
 
 
 async def send_writes(url: str, writes: int) -> None:

@@ -184,7 +184,10 @@ async def ten_thousand(idle_seconds: float) -> dict[str, float]:
 async def main(rounds: int, idle_seconds: float) -> dict[str, object]:
     latencies = await wake_latencies(rounds)
     latencies["tracker (inotify), busy node: no idle gap"] = await hot_wake(rounds)
-    rows = [{"mechanism": name, **summary_ms(values)} for name, values in latencies.items()]
+    rows = [
+        {"mechanism": name, **summary_ms(values), "samples_ms": [round(v * 1000, 4) for v in values]}
+        for name, values in latencies.items()
+    ]
     many = await ten_thousand(idle_seconds)
     return {"wake": rows, "ten_thousand_waiters": many}
 

@@ -2,8 +2,9 @@
 
 Our tracker (one inotify watch on Litestream's `-txid` file, a heap of waiters) against the
 per-waiter polling the anchors use, at 1 ms (LiteFS proxy), 30 ms (litefs-js) and 50 ms
-(fly_postgres), alternated round by round in one run. Also: idle CPU with 10,000 waiters, and
-how long one position change takes to wake all 10,000.
+(fly_postgres), alternated round by round in one run, with the floor under all of them: a bare
+inotify watch read by one coroutine (what the kernel and the VM take to deliver the event).
+Also: idle CPU with 10,000 waiters, and how long one position change takes to wake all 10,000.
 
     .venv/bin/python -m bench.wake [--rounds 200]
 """
@@ -19,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.stats import summary_ms, table, write_results
 from forwarder.engines.base import Role
@@ -27,6 +28,9 @@ from forwarder.engines.litestream import LitestreamEngine
 from forwarder.engines.memory import MemoryEngine, MemoryLog
 from forwarder.tracker import Tracker
 from forwarder.txid import Txid
+
+if TYPE_CHECKING:
+    from asyncinotify import Inotify
 
 # Every mechanism waits the same random 2-22 ms before the signal (no phase lock with the pollers,
 # and the same idle time: on this VM an idle vCPU takes longer to wake for an event).
@@ -61,6 +65,17 @@ async def watched_txid_file(initial: int | None = None) -> AsyncIterator[tuple[P
             await engine.aclose()
 
 
+@asynccontextmanager
+async def bare_inotify() -> AsyncIterator[tuple[Path, Inotify]]:
+    """The floor under the tracker: a `-txid` file in its own temp dir and one raw inotify watch on it."""
+    from asyncinotify import Inotify, Mask
+
+    with tempfile.TemporaryDirectory() as tmp, Inotify() as inotify:
+        path = Path(tmp) / "app.db-txid"
+        inotify.add_watch(Path(tmp), Mask.MOVED_TO)
+        yield path, inotify
+
+
 def read_txid(path: Path) -> int:
     try:
         return int(path.read_text()[:16], 16)
@@ -85,7 +100,8 @@ async def measure(path: Path, txid: int, waiter: Callable[[], Coroutine[Any, Any
 async def wake_latencies(rounds: int) -> dict[str, list[float]]:
     results: dict[str, list[float]] = {"tracker (inotify)": [], "poll 1 ms": [], "poll 30 ms": [], "poll 50 ms": []}
     results["tracker (memory signal)"] = []
-    async with watched_txid_file() as (path, tracker):
+    results["floor: bare inotify, no tracker"] = []
+    async with watched_txid_file() as (path, tracker), bare_inotify() as (floor_path, inotify):
         log = MemoryLog()
         memory = MemoryEngine(log, Role.REPLICA)
         memory_tracker = Tracker()
@@ -103,6 +119,15 @@ async def wake_latencies(rounds: int) -> dict[str, list[float]]:
                         return time.perf_counter()
 
                     results[name].append(await measure(path, txid, event, IDLE))
+                elif name == "floor: bare inotify, no tracker":
+
+                    async def moved(expected: str = floor_path.name) -> float:
+                        while True:
+                            event = await inotify.get()
+                            if event.name is not None and str(event.name) == expected:
+                                return time.perf_counter()
+
+                    results[name].append(await measure(floor_path, txid, moved, IDLE))
                 elif name == "tracker (memory signal)":
                     log.commit()
                     waiter = asyncio.create_task(memory_tracker.wait_for(log.head, timeout=5))

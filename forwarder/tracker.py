@@ -92,15 +92,16 @@ class Tracker:
         try:
             return await future
         except _Expired:
+            # Only advance() removes entries: a waiter that gave up is still registered.
+            self._abandon()
             raise ReplicationTimeout(txid, self._position, timeout or 0.0) from None
+        except BaseException:
+            future.cancel()  # the caller was cancelled: advance() must skip this future
+            self._abandon()
+            raise
         finally:
             if timer is not None:
                 timer.cancel()
-            # Only advance() removes entries; a future that failed (timeout) or was cancelled (the
-            # caller was) is still registered.
-            if not future.done() or future.cancelled() or future.exception() is not None:
-                future.cancel()
-                self._abandon()
 
     def _abandon(self) -> None:
         # Removing one future from its list is O(n), so given-up waiters stay until their txid is

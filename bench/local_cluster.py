@@ -7,10 +7,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from bench.servers import process_cpu_seconds
+from bench.servers import REPO, process_cpu_seconds
 from forwarder.dev import Cluster
 
-REPO = Path(__file__).parent.parent
 
 
 @asynccontextmanager

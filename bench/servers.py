@@ -15,7 +15,8 @@ from pathlib import Path
 
 import httpx
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = Path(__file__).absolute().parent.parent
+"""The repository root: benchmark apps are imported from here (`bench.apps.*`)."""
 
 
 def process_cpu_seconds(pid: int) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 from pathlib import Path
@@ -16,8 +17,8 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
+    rank = math.ceil(q / 100 * len(ordered))  # nearest rank: the smallest value with q % at or below it
+    return ordered[max(0, min(len(ordered), rank) - 1)]
 
 
 def summary_ms(values_s: list[float]) -> dict[str, float]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import http.cookiejar
+import itertools
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -17,3 +19,41 @@ def node_client(**options: Any) -> httpx.AsyncClient:
     """
     refuse_all = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     return httpx.AsyncClient(cookies=refuse_all, trust_env=False, **options)
+
+
+class ShardedTransport(httpx.AsyncBaseTransport):
+    """Requests spread round-robin over `shards` independent connection pools to one primary.
+
+    httpcore 1.0's pool walks every connection of the pool, probing each idle socket, on every
+    request and every release (encode/httpcore#1035, still open), so one pool's cost per request
+    grows with its size: at 32 concurrent forwards it was 40 % of a replica's CPU. Smaller pools
+    keep that walk short; the total limits stay those given.
+    """
+
+    def __init__(
+        self,
+        limits: httpx.Limits,
+        *,
+        shards: int = 8,
+        make_pool: Callable[[httpx.Limits], httpx.AsyncBaseTransport] = lambda limits: httpx.AsyncHTTPTransport(
+            limits=limits
+        ),
+    ) -> None:
+        def share(total: int | None) -> int | None:
+            return None if total is None else max(1, -(-total // shards))
+
+        per_shard = httpx.Limits(
+            max_connections=share(limits.max_connections),
+            max_keepalive_connections=share(limits.max_keepalive_connections),
+            keepalive_expiry=limits.keepalive_expiry,
+        )
+        self._pools = [make_pool(per_shard) for _ in range(shards)]
+        self._turn = itertools.count()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        pool = self._pools[next(self._turn) % len(self._pools)]
+        return await pool.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        for pool in self._pools:
+            await pool.aclose()

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from . import context
-from ._http import node_client
+from ._http import ShardedTransport, node_client
 from .database import Database
 from .engines.base import Engine, PrimaryInfo, Role
 from .exceptions import ConfigurationError, ForwarderError, ReplicationTimeout
@@ -243,7 +243,8 @@ class Forwarder:
                 )
             timeout = httpx.Timeout(self.forward_timeout, connect=self.connect_timeout)
             limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-            self._client = node_client(base_url=url, timeout=timeout, limits=limits, transport=self._transport)
+            transport = self._transport or ShardedTransport(limits)
+            self._client = node_client(base_url=url, timeout=timeout, transport=transport)
             # The RPC client shares the pool, so it is rebuilt with it.
             self._rpc = RPCClient(self._client, self._secret, timeout=self.rpc_timeout)
         return self._client

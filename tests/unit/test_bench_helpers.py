@@ -1,0 +1,46 @@
+"""The arithmetic and parsing the benchmarks' published figures rest on."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from bench.profile_hop import package_of, self_time_by_package
+from bench.stats import percentile, summary_ms, table
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile(values, 100) == 100
+    assert percentile([3.0], 99) == 3.0
+    assert math.isnan(percentile([], 50))
+
+
+def test_summary_reports_milliseconds() -> None:
+    assert summary_ms([0.001, 0.002, 0.003]) == {"n": 3, "p50_ms": 2.0, "p99_ms": 3.0, "max_ms": 3.0}
+
+
+def test_table_is_markdown() -> None:
+    assert table([{"a": 1, "b": "x"}], ["a", "b"]) == "| a | b |\n|---|---|\n| 1 | x |"
+
+
+def test_frames_are_attributed_to_their_package() -> None:
+    site = "/venv/lib/python3.11/site-packages"
+    assert package_of("forward_http (/work/forwarder/middleware/proxy.py:100)") == "forwarder"
+    assert package_of("send (httpx/_client.py:1629)") == "httpx"
+    assert package_of(f"handle (/x{site}/httpcore/_async/http11.py:86)") == "httpcore"
+    assert package_of("_run_once (/usr/lib/python3.11/asyncio/base_events.py:1884)") == "asyncio"
+    assert package_of("select (/usr/lib/python3.11/selectors.py:468)") == "asyncio"
+    assert package_of("wait (/usr/lib/python3.11/threading.py:327)") == "threads (to_thread handoff)"
+    assert package_of("parse (/usr/lib/python3.11/urllib/parse.py:5)") == "other"
+
+
+def test_self_time_counts_the_innermost_frame(tmp_path: Path) -> None:
+    raw = tmp_path / "profile.raw"
+    raw.write_text(
+        'process 1:"uvicorn";run (uvicorn/main.py:1);forward_http (forwarder/middleware/proxy.py:100) 7\n'
+        'process 1:"uvicorn";run (uvicorn/main.py:1);send (httpx/_client.py:1629) 3\n'
+    )
+    assert self_time_by_package(raw) == (10, {"forwarder": 7, "httpx": 3})

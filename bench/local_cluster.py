@@ -11,7 +11,6 @@ from bench.servers import REPO, process_cpu_seconds
 from forwarder.dev import Cluster
 
 
-
 @asynccontextmanager
 async def local_cluster(replicas: int = 2) -> AsyncIterator[Cluster]:
     """Start uvicorn + Litestream nodes on loopback (no edge: clients talk to nodes), stop them after."""

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.local_cluster import local_cluster
+from bench.local_cluster import on_cluster
 from bench.stats import summary_ms, table, write_results
 from forwarder.dev import Cluster
 from forwarder.engines.base import Role
@@ -87,11 +87,7 @@ async def measure(cluster: Cluster, rounds: int) -> dict[str, list[float]]:
 
 
 async def run(rounds: int, cluster: Cluster | None = None) -> dict[str, Any]:
-    if cluster is None:
-        async with local_cluster() as started:
-            samples = await measure(started, rounds)
-    else:
-        samples = await measure(cluster, rounds)
+    samples = await on_cluster(cluster, lambda on: measure(on, rounds))
     return {"rows": [{"measure": name, **summary_ms(values)} for name, values in samples.items()], "poll_s": POLL}
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
-from bench.local_cluster import local_cluster
+from bench.local_cluster import on_cluster
 from bench.servers import uvicorn_server
 from bench.stats import summary_ms, table, write_results
 from forwarder.dev import Cluster
@@ -98,11 +98,7 @@ async def measure(cluster: Cluster, rounds: int) -> dict[str, list[float]]:
 
 
 async def run(rounds: int, cluster: Cluster | None = None) -> dict[str, Any]:
-    if cluster is None:
-        async with local_cluster() as started:
-            samples = await measure(started, rounds)
-    else:
-        samples = await measure(cluster, rounds)
+    samples = await on_cluster(cluster, lambda on: measure(on, rounds))
     # Paired per round (the four kinds ran back to back): drift on the shared machine cancels out.
     samples["paired: proxy - direct - replication wait"] = [
         proxy - direct - wait

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from bench.servers import REPO, process_cpu_seconds
 from forwarder.dev import Cluster
@@ -23,6 +24,17 @@ async def local_cluster(replicas: int = 2) -> AsyncIterator[Cluster]:
             yield cluster
         finally:
             await cluster.stop()
+
+
+T = TypeVar("T")
+
+
+async def on_cluster(cluster: Cluster | None, measure: Callable[[Cluster], Awaitable[T]]) -> T:
+    """Run `measure` on `cluster`, or on a local cluster started for it and stopped after."""
+    if cluster is not None:
+        return await measure(cluster)
+    async with local_cluster() as started:
+        return await measure(started)
 
 
 def cpu_seconds(cluster: Cluster) -> dict[str, dict[int, float]]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from bench.local_cluster import local_cluster
+from bench.local_cluster import on_cluster
 from bench.servers import process_cpu_seconds, uvicorn_server
 from bench.stats import RESULTS, table, write_results
 from forwarder.dev import Cluster
@@ -178,11 +178,7 @@ async def run(writes: int, cluster: Cluster | None = None) -> dict[str, Any]:
     if shutil.which("py-spy", path=str(Path(sys.executable).parent)) is None:
         raise SystemExit("the profile needs py-spy in the venv: scripts/install installs it")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    if cluster is None:
-        async with local_cluster() as started:
-            result = await measure(started, writes)
-    else:
-        result = await measure(cluster, writes)
+    result = await on_cluster(cluster, lambda on: measure(on, writes))
     result["rows"] = rows(result)
     return result
 

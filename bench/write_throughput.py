@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bench.local_cluster import cpu_seconds, cpu_used, local_cluster
+from bench.local_cluster import cpu_seconds, cpu_used, on_cluster
 from bench.stats import table, write_results
 from forwarder.dev import Cluster
 
@@ -118,11 +118,7 @@ async def measure(cluster: Cluster, rounds: int, seconds: float) -> list[dict[st
 async def run(rounds: int, seconds: float, cluster: Cluster | None = None) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise SystemExit("the write-throughput benchmark needs wrk: apt-get install wrk")
-    if cluster is None:
-        async with local_cluster() as started:
-            rows = await measure(started, rounds, seconds)
-    else:
-        rows = await measure(cluster, rounds, seconds)
+    rows = await on_cluster(cluster, lambda on: measure(on, rounds, seconds))
     return {"rows": rows, "rounds": rounds, "seconds": seconds}
 
 

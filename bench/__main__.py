@@ -13,7 +13,7 @@ from typing import Any
 
 from bench import charts, engine_lag, forwarded_write, profile_hop, read_path, wake, write_throughput
 from bench.local_cluster import local_cluster
-from bench.stats import RESULTS, machine, table
+from bench.stats import LATENCY, RESULTS, machine, table
 
 
 async def cluster_benchmarks(quick: bool) -> dict[str, Any]:
@@ -78,7 +78,7 @@ def render(results: dict[str, Any]) -> str:
             "",
             "**Catch-up wake** (engine signal to waiting coroutine resumed, ms)",
             "",
-            table(wake_rows, ["mechanism", "n", "p50_ms", "p99_ms", "max_ms"]),
+            table(wake_rows, ["mechanism", *LATENCY]),
             "",
             f"10,000 waiters: idle CPU {many['tracker_idle_cpu_percent']} % (per-waiter polling at 50 ms: "
             f"{many['poll50_idle_cpu_percent']} %). One change wakes all 10,000 in "
@@ -97,7 +97,7 @@ def render(results: dict[str, Any]) -> str:
             "",
             "**Forwarded write** (write app on a real 3-node cluster, Litestream, loopback, ms)",
             "",
-            table(results["forwarded_write"]["rows"], ["measure", "n", "p50_ms", "p99_ms", "max_ms"]),
+            table(results["forwarded_write"]["rows"], ["measure", *LATENCY]),
             "",
             f"Overhead beyond (direct write on the primary + replication wait), paired per round, p50: "
             f"{overhead['paired_p50_ms']} ms; one extra hop through a bare uvicorn + httpx proxy, same pairing: "
@@ -105,7 +105,7 @@ def render(results: dict[str, Any]) -> str:
             "",
             "**Engine lag** (Litestream's figure: commit on the primary to the row readable on a replica, ms)",
             "",
-            table(results["engine_lag"]["rows"], ["measure", "n", "p50_ms", "p99_ms", "max_ms"]),
+            table(results["engine_lag"]["rows"], ["measure", *LATENCY]),
             "",
             "**Write throughput** (wrk, POSTs; forwarded: one wrk thread per replica; direct: both on the primary)",
             "",

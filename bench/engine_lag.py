@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.local_cluster import on_cluster
-from bench.stats import summary_ms, table, write_results
+from bench.stats import LATENCY, report, summary_ms
 from forwarder.dev import Cluster
 from forwarder.engines.base import Role
 from forwarder.engines.litestream import LitestreamEngine
@@ -96,6 +96,4 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=150)
     args = parser.parse_args()
     result = asyncio.run(run(args.rounds))
-    path = write_results("engine_lag", result)
-    print(table(result["rows"], ["measure", "n", "p50_ms", "p99_ms", "max_ms"]))
-    print(f"written to {path}")
+    report("engine_lag", result, result["rows"], ["measure", *LATENCY])

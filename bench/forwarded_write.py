@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from bench.local_cluster import on_cluster
 from bench.servers import uvicorn_server
-from bench.stats import summary_ms, table, write_results
+from bench.stats import LATENCY, report, summary_ms
 from forwarder.dev import Cluster
 
 
@@ -135,12 +135,9 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=200)
     args = parser.parse_args()
     result = asyncio.run(run(args.rounds))
-    path = write_results("forwarded_write", result)
-    print(table(result["rows"], ["measure", "n", "p50_ms", "p99_ms", "max_ms"]))
-    print(f"\noverhead beyond direct write + replication (p50): {result['overhead']['p50_ms']} ms")
-    print(f"one bare Python hop (uvicorn + httpx) costs (p50): {result['overhead']['bare_hop_p50_ms']} ms")
+    report("forwarded_write", result, result["rows"], ["measure", *LATENCY])
     overhead = result["overhead"]
     print(
-        f"paired per round, p50: ours {overhead['paired_p50_ms']} ms, bare hop {overhead['paired_bare_hop_p50_ms']} ms"
+        f"overhead beyond direct write + replication, paired per round, p50: {overhead['paired_p50_ms']} ms; "
+        f"one bare uvicorn + httpx hop: {overhead['paired_bare_hop_p50_ms']} ms"
     )
-    print(f"written to {path}")

@@ -28,7 +28,7 @@ import httpx
 
 from bench.local_cluster import on_cluster
 from bench.servers import process_cpu_seconds, uvicorn_server
-from bench.stats import RESULTS, table, write_results
+from bench.stats import RESULTS, report
 from forwarder.dev import Cluster
 
 RATE = 1000
@@ -188,6 +188,4 @@ if __name__ == "__main__":
     parser.add_argument("--writes", type=int, default=400)
     args = parser.parse_args()
     result = asyncio.run(run(args.writes))
-    path = write_results("profile_hop", result)
-    print(table(result["rows"], COLUMNS))
-    print(f"written to {path}")
+    report("profile_hop", result, result["rows"], COLUMNS)

@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from bench.stats import table, write_results
+from bench.stats import report
 
 COLUMNS = [
     "handler",
@@ -130,6 +130,4 @@ if __name__ == "__main__":
     parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args()
     result = run(args.rounds, args.seconds, args.connections)
-    path = write_results("read_path", result)
-    print(table(result["rows"], COLUMNS))
-    print(f"written to {path}")
+    report("read_path", result, result["rows"], COLUMNS)

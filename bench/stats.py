@@ -11,6 +11,9 @@ from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
 
+LATENCY = ["n", "p50_ms", "p99_ms", "max_ms"]
+"""The columns of a latency summary (`summary_ms`), after the row's name column."""
+
 
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (0-100) by nearest rank; NaN for no values."""
@@ -49,3 +52,10 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     for row in rows:
         lines.append("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
     return "\n".join(lines)
+
+
+def report(name: str, result: dict[str, Any], rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """What a benchmark run on its own does at the end: write `results/<name>.json`, print the table."""
+    path = write_results(name, result)
+    print(table(rows, columns))
+    print(f"written to {path}")

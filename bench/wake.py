@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.stats import summary_ms, table, write_results
+from bench.stats import LATENCY, report, summary_ms
 from forwarder.engines.base import Role
 from forwarder.engines.litestream import LitestreamEngine
 from forwarder.engines.memory import MemoryEngine, MemoryLog
@@ -299,9 +299,6 @@ if __name__ == "__main__":
     parser.add_argument("--idle-seconds", type=float, default=2.0)
     args = parser.parse_args()
     result = asyncio.run(main(args.rounds, args.idle_seconds))
-    path = write_results("wake", result)
-    print(table(result["wake"], ["mechanism", "n", "p50_ms", "p99_ms", "max_ms"]))  # type: ignore[arg-type]
-    print()
     for key, value in result["ten_thousand_waiters"].items():  # type: ignore[attr-defined]
         print(f"- {key}: {value}")
-    print(f"\nwritten to {path}")
+    report("wake", result, result["wake"], ["mechanism", *LATENCY])  # type: ignore[arg-type]

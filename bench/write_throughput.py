@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bench.local_cluster import cpu_seconds, cpu_used, on_cluster
-from bench.stats import table, write_results
+from bench.stats import report
 from forwarder.dev import Cluster
 
 SCRIPT = Path(__file__).with_name("post_write.lua")
@@ -128,6 +128,4 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=3)
     args = parser.parse_args()
     result = asyncio.run(run(args.rounds, args.seconds))
-    path = write_results("write_throughput", result)
-    print(table(result["rows"], COLUMNS))
-    print(f"written to {path}")
+    report("write_throughput", result, result["rows"], COLUMNS)

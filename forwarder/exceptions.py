@@ -33,6 +33,7 @@ __all__ = [
     "EngineUnavailable",
     "ForwarderError",
     "InvalidTxid",
+    "LocalWriteAfterResponse",
     "MustRunOnPrimary",
     "OutcomeUnknown",
     "PositionFormatError",
@@ -101,6 +102,14 @@ class ReplicationTimeout(ForwarderError):
 
 class PrimaryUnavailable(ForwarderError):
     """The primary could not be reached; the request or call was not executed there."""
+
+
+class LocalWriteAfterResponse(ForwarderError):
+    """The app wrote to a replica's own database file after its response had started.
+
+    Raised by the middleware to break the response off: the write is not replicated, so the
+    client must not take it as done.
+    """
 
 
 class MustRunOnPrimary(ForwarderError):

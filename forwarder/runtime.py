@@ -19,6 +19,7 @@ from .database import Database
 from .engines.base import Engine, PrimaryInfo, Role
 from .exceptions import ConfigurationError, ForwarderError, ReplicationTimeout
 from .lag import LagMeter
+from .logs import LogLevel, install_default_handler
 from .metrics import Metrics
 from .policy import RoutingPolicy
 from .rpc.client import RPCClient
@@ -76,6 +77,7 @@ class Forwarder:
         max_lag: float = 30.0,
         lag_probe_interval: float = 0.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        log_level: LogLevel | None = None,
     ) -> None:
         if topology.role is Role.REPLICA and not secret:
             raise ConfigurationError(
@@ -94,6 +96,9 @@ class Forwarder:
         self.max_lag = max_lag
         self.lag_probe_interval = lag_probe_interval
         self.lag_meter = LagMeter()
+        self.log_level = log_level
+        self.startup_problem: str | None = None
+        """Set when the app's own start-up failed after the server was already serving."""
         self.metrics = Metrics(self)
         self._probe: asyncio.Task[None] | None = None
         self._secret = (secret or "").encode()
@@ -150,6 +155,7 @@ class Forwarder:
             max_lag=settings.max_lag,
             lag_probe_interval=settings.lag_probe_interval,
             transport=transport,
+            log_level=settings.log_level,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -159,6 +165,8 @@ class Forwarder:
         if self._state is not _State.UNOPENED:
             raise RuntimeError("a Forwarder can be started only once; create a new one")
         self._state = _State.OPENED
+        if self.log_level is not None:
+            install_default_handler(self.log_level)
         await self.engine.start()
         self.tracker.reset(self.engine.position)
         self._follow_primary(self.engine.primary)
@@ -278,6 +286,20 @@ class Forwarder:
         txid = await self.engine.commit_position()
         self.tracker.advance(txid)
         return txid
+
+    async def live_position(self) -> Txid:
+        """This node's position as the engine has it now.
+
+        On the primary, the tracker only moves when a request asks for a commit position, so writes
+        made outside requests (start-up DDL, a cron job, another process) would stay invisible;
+        this asks the engine (Litestream: `GET /txid`, no sync forced) and advances the tracker.
+        """
+        if self.is_primary:
+            try:
+                self.tracker.advance(await self.engine.read_position())
+            except ForwarderError as exc:
+                logger.debug("could not read the engine's position: %s", exc)
+        return self.tracker.position
 
     async def wait_for(self, txid: Txid, timeout: float | None = None, *, cause: str = "write") -> Txid:
         """Wait until this node's replica holds `txid` (default timeout: `replication_timeout`).

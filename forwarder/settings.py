@@ -97,6 +97,8 @@ class ForwarderSettings(BaseSettings):
     """Seconds of replica lag after which `/_forwarder/health` answers 503."""
     lag_probe_interval: float = Field(1.0, ge=0, validation_alias=_env("lag_probe_interval"))
     """Seconds between a replica's probes of the primary's txid (for lag); 0 turns probing off."""
+    log_level: Literal["debug", "info", "warning", "error", "off"] = Field("info", validation_alias=_env("log_level"))
+    """Level of forwarder's own log lines when the app has not configured logging; `off` keeps only errors."""
 
     @field_validator("read_methods", "passthrough", "always_forward", mode="before")
     @classmethod

@@ -72,6 +72,26 @@ class Engine(ABC):
     async def commit_position(self) -> Txid:
         """On the primary: a txid that covers every commit finished before this call."""
 
+    @property
+    def restored(self) -> bool:
+        """False while a replica's local copy is not usable yet (its first restore has not finished)."""
+        return True
+
+    @property
+    def problem(self) -> str | None:
+        """What is wrong with the local copy, with the fix, or None (e.g. the app wrote to a replica's file)."""
+        return None
+
+    def local_writes(self) -> int:
+        """How many writes not made by the engine the local replica file has seen (checked now, without
+        blocking). Engines whose file cannot be written by the app (LiteFS) always say 0."""
+        return 0
+
+    async def read_position(self) -> Txid:
+        """The position asked of the engine now (on the primary: including commits made outside
+        any request, by start-up DDL, a cron job or another process). Default: `position`."""
+        return self.position
+
     async def start(self) -> None:  # noqa: B027 - optional hook, engines without I/O skip it
         """Connect to the engine and begin watching for changes."""
 

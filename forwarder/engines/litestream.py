@@ -30,6 +30,7 @@ import httpx
 from ..exceptions import EngineError, EngineUnavailable, InvalidTxid, PositionFormatError
 from ..txid import Txid
 from .base import Engine, PrimaryInfo, Role
+from .follower_guard import CHECK_INTERVAL, FollowerGuard
 
 if TYPE_CHECKING:
     from asyncinotify import Inotify
@@ -80,6 +81,9 @@ class LitestreamEngine(Engine):
         self._watcher: asyncio.Task[None] | None = None
         self._inotify: Inotify | None = None
         self._garbage_seen: set[str] = set()
+        self._restored = False
+        self._guard = FollowerGuard(self.database)
+        self._guard_task: asyncio.Task[None] | None = None
 
     @property
     def position(self) -> Txid:
@@ -88,6 +92,18 @@ class LitestreamEngine(Engine):
     @property
     def primary(self) -> PrimaryInfo:
         return PrimaryInfo(self._role, self._primary_id)
+
+    @property
+    def restored(self) -> bool:
+        """On a replica: whether the follower has finished its (first, or latest) restore (`-txid` exists)."""
+        return self._role is Role.PRIMARY or self._restored
+
+    @property
+    def problem(self) -> str | None:
+        return None if self._role is Role.PRIMARY else self._guard.problem
+
+    def local_writes(self) -> int:
+        return 0 if self._role is Role.PRIMARY else self._guard.check()
 
     async def start(self) -> None:
         """Primary: read the current txid if the socket is already up. Replica: start watching `-txid`."""
@@ -105,10 +121,18 @@ class LitestreamEngine(Engine):
         self._refresh()
         follow = self._follow_inotify() if watching else self._poll()
         self._watcher = asyncio.create_task(follow, name=f"litestream-watch {self.txid_path}")
+        if self._guard.start():
+            self._guard_task = asyncio.create_task(self._check_guard(), name=f"litestream-guard {self.database}")
+
+    async def _check_guard(self) -> None:
+        # Requests check before each response; this catches writes made outside any request.
+        while True:
+            await asyncio.sleep(CHECK_INTERVAL)
+            self._guard.check()
 
     async def aclose(self) -> None:
         """Stop the watcher or the syncer and close the socket client."""
-        tasks = [task for task in (self._watcher, self._syncer) if task is not None]
+        tasks = [task for task in (self._watcher, self._syncer, self._guard_task) if task is not None]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -117,8 +141,9 @@ class LitestreamEngine(Engine):
         for task in tasks:
             if not task.cancelled() and (error := task.exception()) is not None:
                 logger.error("%s had stopped on an error: %r", task.get_name(), error)
-        self._watcher = self._syncer = None
+        self._watcher = self._syncer = self._guard_task = None
         self._close_inotify()
+        self._guard.close()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -241,7 +266,8 @@ class LitestreamEngine(Engine):
             return False
         try:
             # The directory, not the file: Litestream replaces the file by rename, which a file watch would miss.
-            inotify.add_watch(self.txid_path.parent, Mask.MOVED_TO | Mask.CLOSE_WRITE | Mask.CREATE)
+            # DELETE: a re-restore removes `-txid` first, and the copy is not usable until it is back.
+            inotify.add_watch(self.txid_path.parent, Mask.MOVED_TO | Mask.CLOSE_WRITE | Mask.CREATE | Mask.DELETE)
         except OSError as exc:
             inotify.close()
             logger.info("cannot watch %s with inotify (%s); polling instead", self.txid_path.parent, exc)
@@ -306,6 +332,9 @@ class LitestreamEngine(Engine):
         try:
             text = self.txid_path.read_text(encoding="ascii", errors="replace")
         except FileNotFoundError:
+            if self._restored:
+                logger.warning("%s is gone: the follower is restoring %s again", self.txid_path, self.database)
+            self._restored = False
             return Txid(0)
         except OSError as exc:
             logger.warning("cannot read %s: %s; keeping position %s", self.txid_path, exc, self._position)
@@ -314,7 +343,7 @@ class LitestreamEngine(Engine):
         if not content:
             return None  # being written by something that does not rename into place; the next event has it
         try:
-            return Txid.parse(content)
+            txid = Txid.parse(content)
         except InvalidTxid as exc:
             if content not in self._garbage_seen:
                 if len(self._garbage_seen) >= _MAX_REMEMBERED_GARBAGE:
@@ -322,6 +351,8 @@ class LitestreamEngine(Engine):
                 self._garbage_seen.add(content)
                 logger.warning("ignoring %s: %s; keeping position %s", self.txid_path, exc, self._position)
             return None
+        self._restored = True
+        return txid
 
 
 def replicate_config(database: Path, replica_dir: Path, socket_path: Path) -> str:

@@ -10,7 +10,7 @@ from ..exceptions import InvalidTxid
 from ..policy import CookiePolicy
 from ..txid import Txid
 
-__all__ = ["clear_cookie", "read_cookie", "set_cookie"]
+__all__ = ["clear_cookie", "read_cookie", "set_cookie", "txid_in", "txid_token"]
 
 
 def read_cookie(scope: Scope, policy: CookiePolicy) -> Txid | None:
@@ -32,6 +32,14 @@ def txid_in(cookie_headers: Iterable[bytes], name: str = "__txid") -> Txid | Non
                 except InvalidTxid:
                     return None
     return None
+
+
+def txid_token(value: bytes) -> Txid | None:
+    """The txid of a `Forwarder-Txid` request header (the cookie's header form), or None if malformed."""
+    try:
+        return Txid.parse(value.strip().decode("latin-1"))
+    except InvalidTxid:
+        return None
 
 
 def _is_https(scope: Scope) -> bool:

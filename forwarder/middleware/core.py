@@ -15,9 +15,10 @@ from ..runtime import Forwarder
 from ..txid import Txid
 from . import headers as h
 from .classify import Kind, classify
-from .cookie import clear_cookie, read_cookie, set_cookie, txid_in
+from .cookie import clear_cookie, read_cookie, set_cookie, txid_in, txid_token
 from .discovery import BodyRecorder, HeldErrorResponse, needs_primary
 from .internal import serve_internal
+from .lifespan import run_lifespan
 from .proxy import forward_http, unavailable
 from .replay import came_through_fly_proxy, replay_headers, replayable_size
 from .websocket import deny_websocket, relay_websocket, supports_denial
@@ -28,7 +29,7 @@ logger = logging.getLogger("forwarder.middleware")
 
 # Values of `state=` in our fly-replay headers: a replayed request carrying one of them in
 # `fly-replay-src` has already made its hop.
-_OUR_STATES = frozenset({"method", "always_forward", "readonly", "endpoint", "lag"})
+_OUR_STATES = h.WRITE_REASONS | {"lag"}
 
 
 class ForwarderMiddleware:
@@ -82,7 +83,10 @@ class ForwarderMiddleware:
         elif route.kind is Kind.PASSTHROUGH:
             await self.app(scope, receive, self._stamped(send))
         elif self.forwarder.is_primary:
-            await self._on_primary(scope, receive, send, is_read=route.kind is Kind.READ)
+            # A read that a replica sent here because its app tried to write (or hit a
+            # @primary_endpoint) is a write here: it gets a txid, the cookie and the replica's wait.
+            is_read = route.kind is Kind.READ and not _forwarded_as_write(scope)
+            await self._on_primary(scope, receive, send, is_read=is_read)
         elif route.kind is Kind.WRITE:
             await self._forward(scope, receive, send, route.reason)
         else:
@@ -93,7 +97,7 @@ class ForwarderMiddleware:
         if is_read:
             extra: list[tuple[str, str]] = []
             wanted = read_cookie(scope, cookie_policy)
-            if wanted is not None and wanted > forwarder.tracker.position and wanted > await _fresh_position(forwarder):
+            if wanted is not None and wanted > forwarder.tracker.position and wanted > await _live_position(forwarder):
                 # Ahead of the primary itself: written before a failover that lost it. Waiting
                 # would never end; drop the cookie.
                 logger.warning("dropping a %s cookie at %s, ahead of the primary", cookie_policy.name, wanted)
@@ -129,13 +133,22 @@ class ForwarderMiddleware:
         forwarder = self.forwarder
         stale = False
         cookies: list[bytes] = []
+        token: bytes | None = None
         hopped = False
         for key, value in scope["headers"]:
             if key == b"cookie":
                 cookies.append(value)
+            elif key == h.TXID:
+                token = value
             elif key == h.FORWARDED_BY or (key == b"fly-replay-src" and _our_replay(value)):
                 hopped = True
-        wanted = None if hopped or not cookies else txid_in(cookies, self.policy.cookie.name)
+        wanted = None
+        if not hopped:
+            if cookies:
+                wanted = txid_in(cookies, self.policy.cookie.name)
+            if token is not None:
+                # The header form of the cookie, for API clients that keep no cookies.
+                wanted = _later(wanted, txid_token(token))
         if wanted is not None and wanted > forwarder.tracker.position:
             try:
                 await forwarder.wait_for(wanted, cause="cookie")
@@ -147,8 +160,18 @@ class ForwarderMiddleware:
                     await unavailable(f"{exc}", status=504, retry_after=None)(scope, receive, send)
                     return
                 stale = True
+        engine = forwarder.engine
+        if not engine.restored or engine.problem is not None:
+            # Nothing local to read yet (first restore), or a copy the app has written to.
+            await self._forward(scope, receive, send, "restoring" if not engine.restored else "modified")
+            return
         recorder = BodyRecorder(receive, self.policy.max_buffered_body)
-        held = HeldErrorResponse(send, [*self._node_header, (h.STALE, b"1")] if stale else self._node_header)
+        writes = engine.local_writes()
+        held = HeldErrorResponse(
+            send,
+            [*self._node_header, (h.STALE, b"1")] if stale else self._node_header,
+            lambda: engine.local_writes() != writes,
+        )
         try:
             await self.app(scope, recorder, held)
         except Exception as exc:
@@ -164,7 +187,32 @@ class ForwarderMiddleware:
             logger.info("%s %s needs the primary (%s); forwarding it", scope["method"], scope["path"], reason)
             await self._forward(scope, receive, send, reason, body=body)
             return
+        if held.wrote:
+            await self._rerun_on_primary(scope, receive, send, recorder, held)
+            return
         await held.release()
+
+    async def _rerun_on_primary(
+        self, scope: Scope, receive: Receive, send: Send, recorder: BodyRecorder, held: HeldErrorResponse
+    ) -> None:
+        """The replica's file was written while this request ran: its response is not sent; the
+        request runs on the primary, where the write counts, and the local one is restored over."""
+        held.discard()
+        body = await recorder.rest()
+        if body is None:
+            message = (
+                f"the app wrote to replica {self.forwarder.topology.node_id}'s own database file, where writes are "
+                "lost; the request body is too large to run it again on the primary. Open the database read-only "
+                "on replicas (forwarder.sqlalchemy.create_engine or forwarder.database)"
+            )
+            await unavailable(message, retry_after=1)(scope, receive, send)
+            return
+        logger.warning(
+            "%s %s: the replica's database file was written while it ran; running it on the primary instead",
+            scope["method"],
+            scope["path"],
+        )
+        await self._forward(scope, receive, send, "modified", body=body)
 
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, reason: str, *, body: bytes | None = None
@@ -292,33 +340,7 @@ class ForwarderMiddleware:
     # -- lifespan ------------------------------------------------------------------------------
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        forwarder = self.forwarder
-        startup_failed = False
-
-        async def receive_and_start() -> Message:
-            nonlocal startup_failed
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await forwarder.start()
-                except Exception as exc:
-                    logger.exception("forwarder failed to start")
-                    startup_failed = True
-                    await send({"type": "lifespan.startup.failed", "message": f"forwarder failed to start: {exc}"})
-                    # Tell the app to shut down; the server exits because startup failed.
-                    return {"type": "lifespan.shutdown"}
-            return message
-
-        async def send_and_stop(message: Message) -> None:
-            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-                await forwarder.aclose()
-                if startup_failed:
-                    return
-            if startup_failed and message["type"].startswith("lifespan.startup"):
-                return
-            await send(message)
-
-        await self.app(scope, receive_and_start, send_and_stop)
+        await run_lifespan(self.app, self.forwarder, scope, receive, send)
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -338,15 +360,36 @@ def _already_hopped(scope: Scope) -> bool:
 
 def _our_replay(source: bytes) -> bool:
     """Whether a `fly-replay-src` value names a replay made by a forwarder node (by its `state`)."""
+    return _replay_state(source) in _OUR_STATES
+
+
+def _replay_state(source: bytes) -> str | None:
+    """The `state=` field of a `fly-replay-src` value, if any."""
     for field in source.decode("latin-1").replace(",", ";").split(";"):
         key, _, value = field.strip().partition("=")
-        if key == "state" and value in _OUR_STATES:
-            return True
-    return False
+        if key.strip() == "state":
+            return value.strip()
+    return None
 
 
-async def _fresh_position(forwarder: Forwarder) -> Txid:
+async def _live_position(forwarder: Forwarder) -> Txid:
     try:
         return await forwarder.commit_position()
     except Exception:
         return forwarder.tracker.position
+
+
+def _forwarded_as_write(scope: Scope) -> bool:
+    """Whether a replica forwarded (or replayed) this request because it must run as a write."""
+    for key, value in scope["headers"]:
+        if key == h.REASON:
+            return value.decode("latin-1").strip() in h.WRITE_REASONS
+        if key == b"fly-replay-src":
+            return _replay_state(value) in h.WRITE_REASONS
+    return False
+
+
+def _later(a: Txid | None, b: Txid | None) -> Txid | None:
+    if a is None:
+        return b
+    return a if b is None or a >= b else b

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 
 from starlette.types import Message, Receive, Send
 
-from ..exceptions import MustRunOnPrimary
+from ..exceptions import LocalWriteAfterResponse, MustRunOnPrimary
 
-__all__ = ["BodyRecorder", "HeldErrorResponse", "needs_primary"]
+__all__ = ["BodyRecorder", "HeldErrorResponse", "LocalWriteAfterResponse", "needs_primary"]
 
 # SQLite's messages for a write on a read-only replica: a `mode=ro` connection or a LiteFS
 # rollback-journal replica says the first, a LiteFS WAL replica the second.
@@ -81,14 +82,24 @@ class HeldErrorResponse:
 
     Starlette's `ServerErrorMiddleware` sends a 500 and then re-raises; holding it lets the
     middleware drop it and forward the request instead when the error says "run on the primary".
-    Any other response passes straight through.
+
+    `wrote_locally`, when given, says whether the replica's file was written while the request
+    ran (the app on a writable URL): such a response is held too (`wrote` is then True), so the
+    request can run on the primary instead and the local write, which no other node will ever
+    see, is never acknowledged. If the write comes after the response has started, its last
+    message is not sent: `LocalWriteAfterResponse` breaks the connection, and the client sees
+    an error, not a success. Any other response passes straight through.
     """
 
-    def __init__(self, send: Send, stamp: list[tuple[bytes, bytes]]) -> None:
+    def __init__(
+        self, send: Send, stamp: list[tuple[bytes, bytes]], wrote_locally: Callable[[], bool] | None = None
+    ) -> None:
         self._send = send
         self._stamp = stamp  # headers added to the response (Forwarder-Node, ...)
+        self._wrote_locally = wrote_locally
         self._held: list[Message] = []
         self.started = False  # something reached the client
+        self.wrote = False
 
     async def __call__(self, message: Message) -> None:
         if self._held:
@@ -97,11 +108,21 @@ class HeldErrorResponse:
         if message["type"] == "http.response.start":
             # A new list: the app may reuse its own (a Response's raw_headers).
             message["headers"] = [*message.get("headers", ()), *self._stamp]
-            if message["status"] >= 500:
+            if message["status"] >= 500 or self._wrote():
                 self._held.append(message)
                 return
             self.started = True
+        elif message["type"] == "http.response.body" and not message.get("more_body", False) and self._wrote():
+            raise LocalWriteAfterResponse(
+                "the app wrote to this replica's database file while streaming a response; the response "
+                "is cut off, because that write will never reach the primary"
+            )
         await self._send(message)
+
+    def _wrote(self) -> bool:
+        if self._wrote_locally is not None and self._wrote_locally():
+            self.wrote = True
+        return self.wrote
 
     async def release(self) -> None:
         held, self._held = self._held, []

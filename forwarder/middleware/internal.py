@@ -21,7 +21,7 @@ async def serve_internal(forwarder: Forwarder, scope: Scope, receive: Receive, s
         await serve_rpc(forwarder, scope, receive, send)
         return
     if path == INTERNAL_PREFIX + "health":
-        response = health(forwarder)
+        response = await health(forwarder)
     elif path == INTERNAL_PREFIX + "metrics":
         try:
             body, content_type = forwarder.metrics.render()
@@ -33,13 +33,20 @@ async def serve_internal(forwarder: Forwarder, scope: Scope, receive: Receive, s
     await response(scope, receive, send)
 
 
-def health(forwarder: Forwarder) -> JSONResponse:
+async def health(forwarder: Forwarder) -> JSONResponse:
     """`GET /_forwarder/health`: 200 when ready and within `max_lag`, else 503, with the reasons."""
     topology = forwarder.topology
+    txid = await forwarder.live_position() if forwarder.started else forwarder.tracker.position
     lag = forwarder.lag()
     problems = []
     if not forwarder.started:
         problems.append("starting")
+    elif not forwarder.engine.restored:
+        problems.append("restoring: the follower has not restored this replica's database yet")
+    if (problem := forwarder.engine.problem) is not None:
+        problems.append(problem)
+    if forwarder.startup_problem is not None:
+        problems.append(forwarder.startup_problem)
     if lag > forwarder.max_lag:
         problems.append(f"replica lag {lag:.1f}s exceeds max_lag {forwarder.max_lag:g}s")
     body = {
@@ -52,7 +59,7 @@ def health(forwarder: Forwarder) -> JSONResponse:
         "primary_region": topology.primary_region,
         "primary_url": topology.primary_url,
         "engine": forwarder.engine.name,
-        "txid": str(forwarder.tracker.position),
+        "txid": str(txid),
         "lag": round(lag, 3),
         "waiting": forwarder.tracker.waiting,
     }

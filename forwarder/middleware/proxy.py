@@ -33,7 +33,7 @@ def unavailable(message: str, *, status: int = 503, retry_after: int | None = 1)
     return PlainTextResponse(message + "\n", status_code=status, headers=headers)
 
 
-def _request_headers(scope: Scope, forwarder: Forwarder) -> list[tuple[bytes, bytes]]:
+def _request_headers(scope: Scope, forwarder: Forwarder, reason: str) -> list[tuple[bytes, bytes]]:
     out = [(k, v) for k, v in scope["headers"] if k.lower() not in h.HOP_BY_HOP]
     names = {k.lower() for k, _ in out}
     client = scope.get("client")
@@ -48,6 +48,7 @@ def _request_headers(scope: Scope, forwarder: Forwarder) -> list[tuple[bytes, by
     if host is not None and b"x-forwarded-host" not in names:
         out.append((b"x-forwarded-host", host))
     out.append((h.FORWARDED_BY, forwarder.topology.node_id.encode()))
+    out.append((h.REASON, reason.encode()))
     return out
 
 
@@ -94,7 +95,7 @@ async def forward_http(
     try:
         client = forwarder.client
         request = client.build_request(
-            method, target, headers=_request_headers(scope, forwarder), content=_body(receive, body)
+            method, target, headers=_request_headers(scope, forwarder, reason), content=_body(receive, body)
         )
         with talking_to_primary(what, str(client.base_url)):
             response = await client.send(request, stream=True)

@@ -1,0 +1,135 @@
+"""Read-your-writes for every write: late-discovered writes, the header token, the primary's live position."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+
+import anyio
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from forwarder import Txid
+from forwarder.context import current_forwarder
+from forwarder.policy import RoutingPolicy
+
+from .asgi import body_of, call, headers_of, http_scope, status_of
+from .nodes import Nodes, two_nodes
+
+pytestmark = pytest.mark.anyio
+
+
+def counter(ref: list[Nodes]) -> Starlette:
+    """A GET that writes (a visit counter), and a plain read."""
+
+    async def visit(request: Request) -> Response:
+        forwarder = current_forwarder()
+        assert forwarder is not None
+        if not forwarder.is_primary:
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        txid = ref[0].log.commit()
+        return PlainTextResponse(f"visit {txid} on {forwarder.topology.node_id}")
+
+    async def read(request: Request) -> Response:
+        forwarder = current_forwarder()
+        assert forwarder is not None
+        return JSONResponse({"node": forwarder.topology.node_id, "position": str(forwarder.tracker.position)})
+
+    return Starlette(routes=[Route("/visit", visit), Route("/r", read)])
+
+
+async def test_a_late_discovered_write_gets_a_txid_a_cookie_and_the_replica_waits() -> None:
+    ref: list[Nodes] = []
+    async with two_nodes(lambda: counter(ref)) as nodes:
+        ref.append(nodes)
+        with anyio.fail_after(5):
+            request = asyncio.create_task(call(nodes.replica_app, http_scope("GET", "/visit")))
+            await asyncio.sleep(0.05)
+            assert not request.done(), "the replica answered before its copy held the write"
+            nodes.replica_engine.apply()
+            sent = await request
+    headers = headers_of(sent)
+    assert status_of(sent) == 200 and body_of(sent) == b"visit 0000000000000001 on node-p"
+    assert headers["forwarder-txid"] == ["0000000000000001"]
+    assert headers["set-cookie"][0].startswith("__txid=0000000000000001;")
+    assert headers["forwarder-forwarded"] == ["proxy"]
+    assert nodes.replica.tracker.position == 1
+
+
+async def test_a_replayed_late_write_is_a_write_on_the_primary() -> None:
+    ref: list[Nodes] = []
+    async with two_nodes(lambda: counter(ref)) as nodes:
+        ref.append(nodes)
+        replayed = (b"fly-replay-src", b"instance=node-r;region=ams;t=1;state=readonly")
+        sent = await call(nodes.primary_app, http_scope("GET", "/visit", [replayed]))
+        lag_read = (b"fly-replay-src", b"instance=node-r;region=ams;t=1;state=lag")
+        read = await call(nodes.primary_app, http_scope("GET", "/r", [lag_read]))
+    assert headers_of(sent)["forwarder-txid"] == ["0000000000000001"]
+    assert "forwarder-txid" not in headers_of(read) and "set-cookie" not in headers_of(read)
+
+
+async def test_a_read_forwarded_for_lag_is_not_made_a_write() -> None:
+    ref: list[Nodes] = []
+    async with two_nodes(lambda: counter(ref), replication_timeout=0.05) as nodes:
+        ref.append(nodes)
+        nodes.log.commit()
+        with anyio.fail_after(2):
+            sent = await call(nodes.replica_app, http_scope("GET", "/r", [(b"forwarder-txid", b"0000000000000001")]))
+    assert json.loads(body_of(sent))["node"] == "node-p"
+    assert "forwarder-txid" not in headers_of(sent) and "set-cookie" not in headers_of(sent)
+
+
+async def test_the_txid_header_on_a_read_waits_like_the_cookie() -> None:
+    ref: list[Nodes] = []
+    async with two_nodes(lambda: counter(ref)) as nodes:
+        ref.append(nodes)
+        nodes.log.commit()
+        nodes.log.commit()
+        with anyio.fail_after(5):
+            request = asyncio.create_task(
+                call(nodes.replica_app, http_scope("GET", "/r", [(b"forwarder-txid", b"0000000000000002")]))
+            )
+            await asyncio.sleep(0.05)
+            assert not request.done()
+            nodes.replica_engine.apply()
+            sent = await request
+    assert json.loads(body_of(sent)) == {"node": "node-r", "position": "0000000000000002"}
+
+
+async def test_cookie_and_header_together_wait_for_the_later() -> None:
+    ref: list[Nodes] = []
+    async with two_nodes(lambda: counter(ref)) as nodes:
+        ref.append(nodes)
+        for _ in range(3):
+            nodes.log.commit()
+        nodes.replica_engine.apply(Txid(1))
+        headers = [(b"cookie", b"__txid=0000000000000001"), (b"forwarder-txid", b"0000000000000003")]
+        with anyio.fail_after(5):
+            request = asyncio.create_task(call(nodes.replica_app, http_scope("GET", "/r", headers)))
+            await asyncio.sleep(0.05)
+            assert not request.done()
+            nodes.replica_engine.apply()
+            sent = await request
+    assert json.loads(body_of(sent))["position"] == "0000000000000003"
+
+
+@pytest.mark.parametrize("value", [b"", b"zz", b"1", b"00000000000000001", b"\xff" * 16])
+async def test_a_malformed_txid_header_is_ignored(value: bytes) -> None:
+    ref: list[Nodes] = []
+    async with two_nodes(lambda: counter(ref), policy=RoutingPolicy(on_lag="error")) as nodes:
+        ref.append(nodes)
+        sent = await call(nodes.replica_app, http_scope("GET", "/r", [(b"forwarder-txid", value)]))
+    assert status_of(sent) == 200 and json.loads(body_of(sent))["node"] == "node-r"
+
+
+async def test_primary_health_reports_the_engines_position_with_writes_outside_requests() -> None:
+    async with two_nodes(Starlette) as nodes:
+        for _ in range(4):
+            nodes.log.commit()  # a cron job, start-up DDL: no request asked for a commit position
+        sent = await call(nodes.primary_app, http_scope("GET", "/_forwarder/health"))
+    assert json.loads(body_of(sent))["txid"] == "0000000000000004"
+    assert nodes.primary.tracker.position == 4

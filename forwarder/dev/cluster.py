@@ -18,10 +18,10 @@ from typing import Literal
 
 import httpx
 
-from ..exceptions import EngineError
 from .edge import Edge, EdgeNode, serve_edge
 from .processes import ClusterError, ManagedProcess, free_port
 from .replication import Follower, Replicator
+from .watchdog import Watchdog
 
 __all__ = ["DEFAULT_REGIONS", "Cluster", "NodeProcess"]
 
@@ -32,10 +32,6 @@ DEFAULT_REGIONS = ("fra", "ams", "syd", "iad", "gru", "nrt", "sin", "lhr")
 
 HEALTH_DEADLINE = 30.0
 """Seconds a node's app gets to answer `GET /_forwarder/health` with 200."""
-
-WATCHDOG_INTERVAL = 1.0
-STALL_LIMIT = 5.0
-"""Seconds a follower may stay behind the primary before the watchdog restores it again (pitfall 4)."""
 
 
 @dataclass
@@ -174,7 +170,8 @@ class Cluster:
             if self._with_edge:
                 await self._start_edge()
             self.write_state()
-            self._watchdog = asyncio.create_task(self._watch_followers(), name="forwarder-dev-watchdog")
+            watchdog = Watchdog(self.replicator, self.replicas)
+            self._watchdog = asyncio.create_task(watchdog.run(), name="forwarder-dev-watchdog")
         except BaseException:
             await self.stop()
             raise
@@ -350,42 +347,3 @@ class Cluster:
                     f"does the app mount forwarder? Log {node.app.log_path}:\n{node.app.tail()}"
                 )
             await asyncio.sleep(0.05)
-
-    # -- watchdog -------------------------------------------------------------------------------
-
-    async def _watch_followers(self) -> None:
-        """Restore again any follower that died or stopped advancing (Litestream issue #1515, pitfall 4)."""
-        behind_since: dict[str, float] = {}
-        while True:
-            await asyncio.sleep(WATCHDOG_INTERVAL)
-            try:
-                primary_txid = await self.replicator.txid()
-            except EngineError as exc:
-                logger.debug("watchdog: primary position unknown: %s", exc)
-                continue
-            now = time.monotonic()
-            for node in self.replicas:
-                follower = node.follower
-                if follower is None or follower.paused or node.lock.locked():
-                    behind_since.pop(node.id, None)  # being restarted or deliberately paused
-                    continue
-                reason = None
-                position = follower.position()
-                if not follower.running:
-                    reason = f"its follower exited with status {follower.returncode}"
-                elif position is not None and position >= primary_txid:
-                    behind_since.pop(node.id, None)
-                elif now - behind_since.setdefault(node.id, now) > STALL_LIMIT:
-                    reason = (
-                        f"its follower stayed behind the primary ({position} < {primary_txid}) for {STALL_LIMIT:g}s"
-                    )
-                if reason is None:
-                    continue
-                behind_since.pop(node.id, None)
-                logger.warning("watchdog: restoring %s again: %s", node.id, reason)
-                try:
-                    async with node.lock:
-                        await follower.stop()
-                        await follower.start()
-                except ClusterError as exc:
-                    logger.error("watchdog: %s could not be restored (will retry): %s", node.id, exc)

@@ -119,7 +119,10 @@ async def forward_http(
         txid_text = response.headers.get("forwarder-txid")
         answered = time.perf_counter()
         waited = 0.0
-        if txid_text:
+        # A copy that is restoring, or that the app wrote to, is not read from until it is whole
+        # again (reads go to the primary), so there is nothing to wait for on it.
+        usable = forwarder.engine.restored and forwarder.engine.problem is None
+        if txid_text and usable:
             wait_started = time.perf_counter()
             try:
                 await forwarder.wait_for(Txid.parse(txid_text))

@@ -112,6 +112,7 @@ async def test_a_write_on_a_writable_replica_url_is_never_lost_and_the_copy_is_r
         restore_seconds.sort()
         median = restore_seconds[len(restore_seconds) // 2]
         print(
-            f"\nforeign write acknowledged (or follower resumed) to replica healthy again: median {median:.3f}s, max {restore_seconds[-1]:.3f}s"
+            f"\nforeign write answered (or follower resumed) to copy restored: "
+            f"median {median:.3f}s, max {restore_seconds[-1]:.3f}s"
         )
         assert restore_seconds[-1] < 10

@@ -48,6 +48,11 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     if forwarder.is_primary:
         with closing(connect()) as db, db:
             db.execute("CREATE TABLE IF NOT EXISTS visits (id TEXT PRIMARY KEY, node TEXT NOT NULL)")
+    # Every node checks its database at start-up; on a replica whose follower has not restored
+    # yet, this would leave an empty file behind (sqlite3 creates it) and the restore would fail.
+    with closing(connect()) as db:
+        tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    print(f"app started: {tables} tables", flush=True)
     yield
 
 

@@ -102,3 +102,22 @@ def test_a_write_after_a_restore_is_seen_again(guard: FollowerGuard) -> None:
             db.commit()
         guard.check()
     assert guard.writes >= 2 and guard.problem is not None
+
+
+def test_a_write_is_seen_even_after_its_connection_checkpointed_and_removed_the_wal(guard: FollowerGuard) -> None:
+    with closing(sqlite3.connect(guard.database)) as db:
+        db.execute("INSERT INTO t VALUES (1)")
+        db.commit()
+    assert not guard.wal.exists() or guard.wal.stat().st_size == 0  # nothing left to find on disk
+    assert guard.check() >= 1 and guard.problem is not None
+
+
+def test_the_check_reads_every_waiting_record(guard: FollowerGuard) -> None:
+    # Many read-only readers leave many records; a write among them is still found.
+    for _ in range(200):
+        with closing(sqlite3.connect(f"{guard.database.as_uri()}?mode=ro", uri=True)) as db:
+            db.execute("SELECT 1 FROM t").fetchall()
+    with closing(sqlite3.connect(guard.database)) as db:
+        db.execute("INSERT INTO t VALUES (1)")
+        db.commit()
+    assert guard.check() >= 1

@@ -72,7 +72,7 @@ def throughput(rounds: int, seconds: float) -> list[dict[str, Any]]:
             forwarder = replica_forwarder()
             engines = {name: engine_for(name, database, forwarder) for name in STRATEGIES}
             samples: dict[str, list[float]] = {name: [] for name in STRATEGIES}
-            for name, engine in engines.items():
+            for engine in engines.values():
                 reads_per_second(engine, forwarder, 0.3, advancing)  # warm up
             for i in range(rounds):
                 order = STRATEGIES if i % 2 == 0 else tuple(reversed(STRATEGIES))

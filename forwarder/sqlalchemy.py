@@ -34,7 +34,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine as _sa_create_engine, event, exc
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine as _sa_create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -61,6 +61,7 @@ def create_engine(url: str | URL, *, forwarder: Forwarder | None = None, **kwarg
     Same arguments and result; `forwarder` defaults to the app's running forwarder.
     """
     _refuse_creator(kwargs, "creator")
+    _refuse_other_databases(url)
     engine = _sa_create_engine(url, **kwargs)
     _Binding(engine, forwarder).listen()
     return engine
@@ -73,6 +74,7 @@ def create_async_engine(url: str | URL, *, forwarder: Forwarder | None = None, *
     """
     _refuse_creator(kwargs, "async_creator")
     _refuse_creator(kwargs, "creator")
+    _refuse_other_databases(url)
     engine = _sa_create_async_engine(url, **kwargs)
     _Binding(engine.sync_engine, forwarder).listen()
     return engine
@@ -86,15 +88,19 @@ def _refuse_creator(kwargs: dict[str, Any], name: str) -> None:
         )
 
 
+def _refuse_other_databases(url: str | URL) -> None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        raise ConfigurationError(
+            f"forwarder.sqlalchemy got a {parsed.get_backend_name()} URL ({parsed!r}); forwarder replicates "
+            "SQLite only: use a sqlite:/// (or sqlite+aiosqlite:///) URL to the replicated file"
+        )
+
+
 class _Binding:
     """The events that apply the access rule to one engine's pool."""
 
     def __init__(self, engine: Engine, forwarder: Forwarder | None, *, pool_replicas: bool = False) -> None:
-        if engine.dialect.name != "sqlite":
-            raise ConfigurationError(
-                f"forwarder.sqlalchemy got a {engine.dialect.name} URL ({engine.url!r}); forwarder replicates "
-                "SQLite only: use a sqlite:/// (or sqlite+aiosqlite:///) URL to the replicated file"
-            )
         self.engine = engine
         self.forwarder = forwarder
         self.pool_replicas = pool_replicas

@@ -68,7 +68,7 @@ def ok(response: httpx.Response, status: int = 200) -> httpx.Response:
 
 
 def token(response: httpx.Response) -> str:
-    txid = response.headers.get("forwarder-txid")
+    txid: str | None = response.headers.get("forwarder-txid")
     assert txid, f"{response.request.method} {response.request.url} answered without Forwarder-Txid"
     return txid
 

@@ -18,6 +18,7 @@ import itertools
 import sqlite3
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -123,8 +124,10 @@ async def follower_check(strategy: str, deadline: float = 8.0) -> dict[str, Any]
             forwarder.tracker.advance(Txid(follower.position() or 0))
             with engine.connect() as conn:
                 after = conn.execute(text(count)).scalar_one()
+            under_load = await _under_read_load(engine, forwarder, follower, replicator, primary_db, deadline)
             engine.dispose()
             return {
+                **under_load,
                 "strategy": strategy,
                 "follower advanced with an idle pooled connection": advanced,
                 "seconds to catch up": round(caught_up_s, 3) if advanced else f">{deadline}",
@@ -134,6 +137,46 @@ async def follower_check(strategy: str, deadline: float = 8.0) -> dict[str, Any]
         finally:
             await follower.stop()
             await replicator.stop()
+
+
+async def _under_read_load(
+    engine: Engine, forwarder: Forwarder, follower: Follower, replicator: Replicator, primary: Path, deadline: float
+) -> dict[str, Any]:
+    """Four threads read as fast as they can while the primary commits every 20 ms: does the follower keep up?"""
+    stop = threading.Event()
+    reads = [0]
+
+    def read() -> None:
+        while not stop.is_set():
+            forwarder.tracker.advance(Txid(follower.position() or 0))
+            with engine.connect() as conn:
+                conn.execute(text("SELECT count(*) FROM items")).scalar_one()
+            reads[0] += 1
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    lags: list[float] = []
+    try:
+        with sqlite3.connect(primary) as conn:
+            for _ in range(50):
+                conn.execute("INSERT INTO items (text) VALUES ('load')")
+                conn.commit()
+                target = await replicator.engine.commit_position()
+                started = time.monotonic()
+                if not await _until(lambda target=target: (follower.position() or 0) >= target, deadline):
+                    lags.append(float("inf"))
+                    break
+                lags.append(time.monotonic() - started)
+                await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    return {
+        "under 4-thread read load: reads": reads[0],
+        "follower lag p50/max ms": f"{statistics.median(lags) * 1000:.1f}/{max(lags) * 1000:.1f}",
+    }
 
 
 async def _until(condition: Any, seconds: float) -> bool:

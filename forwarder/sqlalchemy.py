@@ -106,6 +106,7 @@ class _Binding:
         self.pool_replicas = pool_replicas
         """True keeps replica connections pooled and relies on the checkout recycle alone: the rejected
         alternative, kept so that bench/replica_pool.py measures both."""
+        self._arguments: dict[tuple[str, bool, Role], tuple[str, bool]] = {}
         self._rule: AccessRule | None = None
         self._rule_of: Forwarder | None = None
 
@@ -134,12 +135,18 @@ class _Binding:
             return
         database = str(cargs[0]) if cargs else str(cparams.get("database", ""))
         uri = bool(cparams.get("uri", False))
-        if not is_file_database(database, uri=uri):
-            raise ConfigurationError(
-                f"{self.engine.url!r} is an in-memory database: on a forwarder cluster every node must use the "
-                "replicated file; use sqlite:////<absolute path of FORWARDER_DATABASE> (e.g. sqlite:////data/app.db)"
-            )
-        target, uri = rule.connect_arguments(database, uri=uri, role=stamp.role)
+        key = (database, uri, stamp.role)
+        arguments = self._arguments.get(key)
+        if arguments is None:
+            if not is_file_database(database, uri=uri):
+                raise ConfigurationError(
+                    f"{self.engine.url!r} is an in-memory database: on a forwarder cluster every node must use the "
+                    "replicated file; use sqlite:////<absolute path of FORWARDER_DATABASE> "
+                    "(e.g. sqlite:////data/app.db)"
+                )
+            # Worked out once per role: a replica opens a connection per request.
+            arguments = self._arguments[key] = rule.connect_arguments(database, uri=uri, role=stamp.role)
+        target, uri = arguments
         if cargs:
             cargs[0] = target
         else:

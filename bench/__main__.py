@@ -11,7 +11,16 @@ import json
 import time
 from typing import Any
 
-from bench import charts, engine_lag, forwarded_write, profile_hop, read_path, wake, write_throughput
+from bench import (
+    charts,
+    engine_lag,
+    forwarded_write,
+    profile_hop,
+    read_path,
+    sqlmodel_read,
+    wake,
+    write_throughput,
+)
 from bench.local_cluster import local_cluster
 from bench.stats import LATENCY, RESULTS, machine, table
 
@@ -48,6 +57,8 @@ def main() -> None:
     results["wake"] = asyncio.run(wake.main(40 if args.quick else 300, 1.0 if args.quick else 2.0))
     print("read path...", flush=True)
     results["read_path"] = read_path.run(2 if args.quick else 9, 2 if args.quick else 3, 16)
+    print("SQLModel read...", flush=True)
+    results["sqlmodel_read"] = sqlmodel_read.run(2 if args.quick else 9, 2 if args.quick else 3, 16)
     results.update(asyncio.run(cluster_benchmarks(args.quick)))
     results["seconds"] = round(time.monotonic() - started, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -69,6 +80,10 @@ def render(results: dict[str, Any]) -> str:
     many = results["wake"]["ten_thousand_waiters"]
     wake_rows = [{k: v for k, v in row.items() if k != "samples_ms"} for row in results["wake"]["wake"]]
     read_rows = [{k: v for k, v in row.items() if k != "samples"} for row in results["read_path"]["rows"]]
+    # Absent from results of runs made before the benchmark existed (--render-only of an old latest.json).
+    sqlmodel_rows = [
+        {k: v for k, v in row.items() if k != "samples"} for row in results.get("sqlmodel_read", {}).get("rows", [])
+    ]
     overhead = results["forwarded_write"]["overhead"]
     throughput = [{k: v for k, v in row.items() if k != "runs"} for row in results["write_throughput"]["rows"]]
     profile = results["profile_hop"]
@@ -94,6 +109,11 @@ def render(results: dict[str, Any]) -> str:
             "**Read path** (GET throughput on a replica, middleware / bare app, wrk, A/B alternating)",
             "",
             table(read_rows, read_path.COLUMNS),
+            "",
+            "**SQLModel read** (FastAPI + SQLModel app: replica through `forwarder.sqlalchemy` / the same app "
+            "with SQLAlchemy's default pool on a single node, wrk, A/B alternating)",
+            "",
+            table(sqlmodel_rows, sqlmodel_read.COLUMNS),
             "",
             "**Forwarded write** (write app on a real 3-node cluster, Litestream, loopback, ms)",
             "",

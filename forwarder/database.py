@@ -8,16 +8,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["Database"]
+from .connections import AccessRule, Stamp
+from .engines.base import Role
+from .txid import Txid
 
-# Per-connection pragmas for the primary (journal_mode=WAL is persistent and set once in `initialize`).
-_PRIMARY_PRAGMAS = (
-    "PRAGMA busy_timeout = 5000",
-    "PRAGMA synchronous = NORMAL",
-    "PRAGMA foreign_keys = ON",
-    "PRAGMA cache_size = -20000",
-    "PRAGMA mmap_size = 134217728",
-)
+__all__ = ["Database"]
 
 _MAX_IDLE = 8
 """Idle primary connections kept for reuse; more than this many at once are closed after use."""
@@ -26,7 +21,8 @@ _MAX_IDLE = 8
 class Database:
     """This node's SQLite database.
 
-    On the primary, connections are read-write with WAL and the production pragmas, and are reused
+    It applies the database-access rule (`forwarder.connections`) to raw `sqlite3`. On the
+    primary, connections are read-write with WAL and the production pragmas, and are reused
     (opening one and setting its pragmas costs more than a small write). On a replica,
     every connection is a fresh `mode=ro` one, used for one request and closed: a long-lived
     connection on a Litestream follower's file reads stale pages and can block the follower
@@ -45,7 +41,8 @@ class Database:
         self.path = Path(path).absolute()
         self._is_primary = is_primary
         self._busy_timeout = busy_timeout
-        self._idle: list[sqlite3.Connection] = []  # primary connections ready for reuse
+        self._rule = AccessRule(lambda: Role.PRIMARY if is_primary() else Role.REPLICA, lambda: Txid(0))
+        self._idle: list[tuple[sqlite3.Connection, Stamp]] = []  # primary connections ready for reuse
         self._lock = threading.Lock()  # connections are taken and returned from worker threads
 
     def initialize(self) -> None:
@@ -63,31 +60,29 @@ class Database:
 
     def connect(self) -> sqlite3.Connection:
         """A new connection for this node's role; the caller closes it."""
-        if self._is_primary():
-            # Usable from any thread: the pool hands it to one user (one worker thread) at a time.
-            conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
-            for pragma in _PRIMARY_PRAGMAS:
-                conn.execute(pragma)
-        else:
-            conn = sqlite3.connect(
-                f"{self.path.as_uri()}?mode=ro", uri=True, timeout=self._busy_timeout, isolation_level=None
-            )
+        return self._open()[0]
+
+    def _open(self) -> tuple[sqlite3.Connection, Stamp]:
+        # check_same_thread=False: the pool hands a connection to one user (one worker thread) at a time.
+        conn, stamp = self._rule.connect(
+            self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+        )
         conn.row_factory = sqlite3.Row
-        return conn
+        return conn, stamp
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         """A connection for reads: fresh on a replica, reused on the primary; released on exit."""
-        conn, reusable = self._acquire()
+        conn, stamp = self._acquire()
         try:
             yield conn
         finally:
-            self._release(conn, reusable)
+            self._release(conn, stamp)
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """A connection inside `BEGIN IMMEDIATE`: committed on success, rolled back on error, released."""
-        conn, reusable = self._acquire()
+        conn, stamp = self._acquire()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -97,33 +92,35 @@ class Database:
                 raise
             conn.execute("COMMIT")
         finally:
-            self._release(conn, reusable)
+            self._release(conn, stamp)
 
     def close(self) -> None:
         """Close the idle connections kept for reuse (connections in use close when released)."""
         with self._lock:
             idle, self._idle = self._idle, []
-        for conn in idle:
+        for conn, _ in idle:
             conn.close()
 
-    def _acquire(self) -> tuple[sqlite3.Connection, bool]:
-        """A connection, and whether it may be reused (it was opened as a primary connection)."""
-        if not self._is_primary():
+    def _acquire(self) -> tuple[sqlite3.Connection, Stamp]:
+        """A connection and the stamp it was opened under."""
+        if self._rule.role is not Role.PRIMARY:
             self.close()  # demoted: read-write connections to this file must not be reused
-            return self.connect(), False
+            return self._open()
         with self._lock:
-            conn = self._idle.pop() if self._idle else None
-        if conn is None:
-            return self.connect(), True
-        conn.row_factory = sqlite3.Row  # undo what the last user may have set
-        return conn, True
+            kept = self._idle.pop() if self._idle else None
+        if kept is None or not self._rule.may_reuse(kept[1]):
+            if kept is not None:
+                kept[0].close()
+            return self._open()
+        kept[0].row_factory = sqlite3.Row  # undo what the last user may have set
+        return kept
 
-    def _release(self, conn: sqlite3.Connection, reusable: bool) -> None:
+    def _release(self, conn: sqlite3.Connection, stamp: Stamp) -> None:
         # Only a clean primary connection goes back: not one left inside a transaction by its user,
-        # and none at all once this node is no longer the primary.
-        if reusable and self._is_primary() and not conn.in_transaction:
+        # and none opened as a replica's (a replica never pools: pitfall 2 of the follower).
+        if stamp.role is Role.PRIMARY and self._rule.may_reuse(stamp) and not conn.in_transaction:
             with self._lock:
                 if len(self._idle) < _MAX_IDLE:
-                    self._idle.append(conn)
+                    self._idle.append((conn, stamp))
                     return
         conn.close()

@@ -1,8 +1,8 @@
 """The Litestream engine: `litestream replicate` on the primary, a `restore -f` follower on each replica.
 
-Primary: `commit_position()` asks Litestream's control socket to sync (`POST /sync`, wait=true),
-which ships every commit made so far and returns the txid that holds it. Concurrent callers share
-syncs (group commit), so a burst of writes costs one or two syncs, not one each.
+Primary: `commit_position()` works out from local files which txid holds every commit so far
+(`litestream_position`); when it cannot, it asks Litestream to sync (`POST /sync`, wait=true),
+and concurrent callers share those syncs (group commit).
 
 Replica: the follower writes its position to `<database>-txid` (`%016x\\n`, tmp file + rename)
 after the pages are on disk. The engine watches the database's directory with inotify and
@@ -24,13 +24,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import httpx
+from urllib.parse import urlencode
 
 from ..exceptions import EngineError, EngineUnavailable, InvalidTxid, PositionFormatError
 from ..txid import Txid
 from .base import Engine, PrimaryInfo, Role
+from .control_socket import ControlSocket, ControlSocketError
 from .follower_guard import CHECK_INTERVAL, FollowerGuard
+from .litestream_position import CoveringCheck
 
 if TYPE_CHECKING:
     from asyncinotify import Inotify
@@ -74,9 +75,10 @@ class LitestreamEngine(Engine):
         self._primary_id = primary_id
         self._position = Txid(0)
         # Primary: the control-socket client and the group-commit state (see commit_position).
-        self._client: httpx.AsyncClient | None = None
+        self._client: ControlSocket | None = None
         self._queued: asyncio.Future[Txid] | None = None
         self._syncer: asyncio.Task[None] | None = None
+        self.covering: CoveringCheck | None = CoveringCheck(self.database)  # None: always POST /sync
         # Replica: the one watcher task and what it needs.
         self._watcher: asyncio.Task[None] | None = None
         self._inotify: Inotify | None = None
@@ -151,17 +153,18 @@ class LitestreamEngine(Engine):
     # -- primary ------------------------------------------------------------------------------
 
     async def commit_position(self) -> Txid:
-        """A txid that covers every commit finished before this call (primary only).
+        """A txid covering every commit finished before this call (primary only), from local files if they can tell.
 
-        Group commit: at most one sync runs and one is queued. A caller never joins the sync that
-        is already running, because it may have been sent before the caller's commit; it joins the
-        queued one, which starts after it, together with everyone else who arrived meanwhile.
+        Else group commit: at most one sync runs and one is queued. A caller never joins the running
+        sync (it may predate the caller's commit) but the queued one, with everyone who came meanwhile.
         """
         if self._role is not Role.PRIMARY:
             raise EngineError(
                 "commit_position() is only available on the primary; this Litestream engine runs as a "
                 f"replica of {self.database} (its position comes from {self.txid_path.name})"
             )
+        if self.covering is not None and (txid := await self.covering.txid(self._request)) is not None:
+            return self._advance({"txid": txid})
         if self._queued is None:
             self._queued = asyncio.get_running_loop().create_future()
             if self._syncer is None:
@@ -170,10 +173,7 @@ class LitestreamEngine(Engine):
         return await asyncio.shield(self._queued)
 
     async def read_position(self) -> Txid:
-        """On the primary: Litestream's current txid (`GET /txid`), without forcing a sync.
-
-        It may not cover a commit that just finished; use `commit_position()` for that.
-        """
+        """On the primary: Litestream's current txid (`GET /txid`), which may not cover the latest commit."""
         if self._role is not Role.PRIMARY:
             return self._position
         return self._advance(await self._request("GET", "/txid", params={"path": str(self.database)}))
@@ -199,7 +199,7 @@ class LitestreamEngine(Engine):
             self._syncer = None
 
     async def _sync_once(self) -> Txid:
-        reply = await self._request("POST", "/sync", json={"path": str(self.database), "wait": True})
+        reply = await self._request("POST", "/sync", payload={"path": str(self.database), "wait": True})
         return self._advance(reply)
 
     def _advance(self, reply: dict[str, Any]) -> Txid:
@@ -214,41 +214,41 @@ class LitestreamEngine(Engine):
             self._set_position(position)
         return position
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    async def _request(
+        self, method: str, path: str, params: dict[str, str] | None = None, payload: Any = None
+    ) -> dict[str, Any]:
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                transport=httpx.AsyncHTTPTransport(uds=str(self.socket_path)),
-                base_url="http://litestream",
-                timeout=SYNC_TIMEOUT,
-            )
+            self._client = ControlSocket(self.socket_path)
+        target = path + ("?" + urlencode(params) if params else "")
+        body = None if payload is None else json.dumps(payload).encode()
         with self._map_errors():
-            response = await self._client.request(method, path, **kwargs)
-        if response.status_code != 200:
+            async with asyncio.timeout(SYNC_TIMEOUT):
+                status, raw = await self._client.request(method, target, body)
+        text = raw.decode("utf-8", errors="replace")
+        if status != 200:
             raise EngineError(
-                f"Litestream answered {method} {path} with {response.status_code} {response.text.strip()!r}; "
+                f"Litestream answered {method} {path} with {status} {text.strip()!r}; "
                 f"check that its config replicates {self.database} (`dbs: - path:` must be this absolute path)"
             )
         try:
-            reply = response.json()
+            reply = json.loads(raw)
         except ValueError:
-            raise PositionFormatError(
-                f"Litestream's reply to {method} {path} is not JSON: {response.text[:200]!r}"
-            ) from None
+            raise PositionFormatError(f"Litestream's reply to {method} {path} is not JSON: {text[:200]!r}") from None
         if not isinstance(reply, dict):
             raise PositionFormatError(f"Litestream's reply to {method} {path} is not a JSON object: {reply!r}")
         return reply
 
     @contextmanager
     def _map_errors(self) -> Iterator[None]:
-        # The one place where httpx errors become forwarder errors.
+        # The one place where control-socket errors become forwarder errors.
         try:
             yield
-        except httpx.TimeoutException as exc:
+        except TimeoutError as exc:
             raise EngineUnavailable(
                 f"Litestream's control socket {self.socket_path} did not answer within {SYNC_TIMEOUT:g}s "
                 f"({type(exc).__name__}); check that `litestream replicate` is healthy (see its log)"
             ) from exc
-        except httpx.RequestError as exc:
+        except (OSError, asyncio.IncompleteReadError, ControlSocketError) as exc:
             raise EngineUnavailable(
                 f"cannot reach Litestream's control socket {self.socket_path} ({exc}): "
                 "is `litestream replicate` running with `socket: enabled: true`?"

@@ -1,0 +1,219 @@
+"""A txid that covers the latest commit on a Litestream primary, without forcing a sync.
+
+`POST /sync` (what `LitestreamEngine` asked after every write) makes Litestream turn the WAL into
+an LTX file right now: 3-8 ms, most of a direct write's latency. Litestream's own monitor does the
+same every `monitor-interval` (10 ms in the dev cluster) anyway, so the primary can instead work
+out which txid *will* hold its commit and answer at once; the replica's wait covers the rest.
+
+Three local facts decide it, read in this order after the commit:
+
+1. the WAL's committed end: SQLite's wal-index header (`<db>-shm`: salts and `mxFrame`), so
+   `end = 32 + mxFrame * (page size + 24)` covers every commit finished so far, ours included;
+2. the newest local L0 LTX file (`.<db>-litestream/ltx/0/<min>-<max>.ltx`): its header says
+   which WAL (salts) and which byte range of it the txid holds;
+3. if that file does not reach `end`: `GET /debug/sync-status` on the control socket. When no
+   sync is active at that moment, the next sync to finish starts after it, so after our commit,
+   and reads the WAL to its end: txid `newest + 1` holds the commit, and it will exist because
+   the WAL holds frames no LTX holds yet. Step 2 is then read again (a sync that finished
+   between the two reads started after our commit).
+
+Anything unexpected (WAL restarted, salts differ, a sync in progress, an unknown header, more than
+`MAX_PENDING_WAL` bytes not yet synced, which a size-limited sync might split) answers None, and
+the caller falls back to `POST /sync`. Litestream source checked: v0.5.16 `db.go` (every sync and
+checkpoint runs between `beginSyncDiag` and `finishSyncDiag`, under the one executor semaphore).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..exceptions import EngineError
+
+__all__ = ["CoveringCheck", "LtxHead", "WalEnd", "latest_l0", "wal_end"]
+
+WAL_HEADER_SIZE = 32
+FRAME_HEADER_SIZE = 24
+MAX_PENDING_WAL = 1 << 20
+"""Bytes of WAL not yet in an LTX above which "the next txid holds it" is not claimed (Litestream
+0.5 caps one sync at 64 MiB; a smaller bound stays far from that edge)."""
+
+ACTIVE_POLLS = 40
+ACTIVE_POLL_INTERVAL = 0.0005
+"""While a sync runs (3-8 ms measured), ask again this often, this many times, then `POST /sync`."""
+
+_ACTIVE = "a sync stayed active"
+_SHM_HEADER = struct.Struct("<IIIBBHII8s8s8s")  # WalIndexHdr, native (little-endian) byte order
+_LTX_HEADER = struct.Struct(">4sIIIQQqQqq8s")  # LTX v0.5 header, big-endian, up to the WAL salts
+
+
+@dataclass(frozen=True)
+class WalEnd:
+    """Where the WAL's last commit ends, and which WAL (its salts) the offset is in."""
+
+    salts: bytes
+    end: int
+
+
+@dataclass(frozen=True)
+class LtxHead:
+    """What an L0 LTX file holds: its txid and the byte range of which WAL."""
+
+    txid: int
+    salts: bytes
+    end: int
+
+
+def wal_end(database: Path) -> WalEnd | None:
+    """The committed end of `database`'s WAL from the wal-index header; None if it cannot be trusted.
+
+    SQLite writes the header twice and readers accept it only when both copies match (a writer may
+    be half-way through updating it); a mismatch or an uninitialised index is "don't know".
+    """
+    try:
+        with open(f"{database}-shm", "rb") as f:
+            raw = f.read(2 * _SHM_HEADER.size)
+    except OSError:
+        return None
+    if len(raw) < 2 * _SHM_HEADER.size or raw[: _SHM_HEADER.size] != raw[_SHM_HEADER.size :]:
+        return None
+    version, _, _, initialised, _, page, max_frame, _, _, salts, _ = _SHM_HEADER.unpack(raw[: _SHM_HEADER.size])
+    if version != 3007000 or not initialised or max_frame == 0:
+        return None  # mxFrame 0: the WAL was just reset, so the commit is in the database file itself
+    page_size = 65536 if page == 1 else page
+    return WalEnd(salts, WAL_HEADER_SIZE + max_frame * (page_size + FRAME_HEADER_SIZE))
+
+
+def _l0_name(txid: int) -> str:
+    return f"{txid:016x}-{txid:016x}.ltx"
+
+
+def latest_l0(ltx_dir: Path, hint: int = 0) -> LtxHead | None:
+    """The newest L0 LTX file in Litestream's local directory, read from its header; None if unreadable.
+
+    With L0 retention of 15 s and a sync every 10 ms the directory holds up to 1,500 files, and
+    listing it cost about 1 ms; so when the file of `hint` (the newest txid seen last time) is still
+    there, the files after it are probed by name (`<txid>-<txid>.ltx`, one per sync) instead.
+    """
+    newest = _probe(ltx_dir, hint) if hint else None
+    try:
+        if newest is None:
+            newest = _list(ltx_dir)
+        if newest is None:
+            return None
+        with open(os.path.join(ltx_dir, newest[1]), "rb") as f:
+            raw = f.read(_LTX_HEADER.size)
+    except OSError:
+        return None  # a file removed by L0 retention between listing and opening: ask again later
+    if len(raw) < _LTX_HEADER.size:
+        return None
+    magic, _, _, _, _, max_txid, _, _, wal_offset, wal_size, salts = _LTX_HEADER.unpack(raw)
+    if magic != b"LTX1" or max_txid != newest[0] or wal_size <= 0:
+        return None  # wal_size 0: a snapshot or compaction, not a WAL range
+    return LtxHead(max_txid, salts, wal_offset + wal_size)
+
+
+def _probe(ltx_dir: Path, hint: int) -> tuple[int, str] | None:
+    name = f"{hint:016x}-{hint:016x}.ltx"
+    if not os.path.exists(os.path.join(ltx_dir, name)):
+        return None
+    while True:
+        following = f"{hint + 1:016x}-{hint + 1:016x}.ltx"
+        if not os.path.exists(os.path.join(ltx_dir, following)):
+            return hint, name
+        hint, name = hint + 1, following
+
+
+def _list(ltx_dir: Path) -> tuple[int, str] | None:
+    newest: tuple[int, str] | None = None
+    with os.scandir(ltx_dir) as entries:
+        for entry in entries:
+            name = entry.name
+            if len(name) != 37 or not name.endswith(".ltx"):
+                continue  # temporary files and anything else
+            try:
+                max_txid = int(name[17:33], 16)
+            except ValueError:
+                continue
+            if newest is None or max_txid > newest[0]:
+                newest = (max_txid, name)
+    return newest
+
+
+class CoveringCheck:
+    """The decision of this module's docstring, for one database (see `LitestreamEngine`)."""
+
+    def __init__(self, database: Path) -> None:
+        self.database = database
+        self.ltx_dir = database.with_name(f".{database.name}-litestream") / "ltx" / "0"
+        self._hint = 0  # the newest L0 txid seen: where the next look starts
+        self.outcomes: Counter[str] = Counter()  # how each call was answered (benchmarks, debugging)
+
+    async def txid(self, request: Callable[..., Awaitable[dict[str, Any]]]) -> int | None:
+        """A txid that holds every commit finished before this call, or None (then `POST /sync`).
+
+        `request(method, path, params=...)` asks the control socket (`LitestreamEngine._request`).
+        """
+        found = self.covered()
+        if found is None:
+            self.outcomes["no trusted WAL end or LTX"] += 1
+            return None
+        end, txid = found
+        if txid is not None:
+            self.outcomes["in the newest LTX"] += 1
+            return txid
+        for attempt in range(ACTIVE_POLLS):
+            if attempt:
+                await asyncio.sleep(ACTIVE_POLL_INTERVAL)
+            try:
+                status = await request("GET", "/debug/sync-status", params={"path": str(self.database)})
+            except EngineError:
+                self.outcomes["sync-status failed"] += 1
+                return None
+            txid, outcome = self.after_status(end, status)
+            if outcome != _ACTIVE:
+                self.outcomes[outcome + (" (after an active sync)" if attempt else "")] += 1
+                return txid
+        self.outcomes[_ACTIVE] += 1
+        return None
+
+    def covered(self) -> tuple[WalEnd, int | None] | None:
+        """Steps 1 and 2: the WAL end, and the newest txid if it already holds it (else None).
+
+        None overall when the WAL end or the newest file cannot be trusted.
+        """
+        end = wal_end(self.database)
+        if end is None:
+            return None
+        head = self._newest()
+        if head is None or head.salts != end.salts:
+            return None
+        return end, head.txid if head.end >= end.end else None
+
+    def _newest(self) -> LtxHead | None:
+        head = latest_l0(self.ltx_dir, self._hint)
+        if head is not None:
+            self._hint = head.txid
+        return head
+
+    def after_status(self, end: WalEnd, status: dict[str, Any]) -> tuple[int | None, str]:
+        """Step 3, given the reply of `GET /debug/sync-status?path=<database>`: the txid (or None), and why."""
+        databases = status.get("databases")
+        if not isinstance(databases, list) or len(databases) != 1 or not isinstance(databases[0], dict):
+            return None, "unexpected sync-status"
+        if databases[0].get("active") is not False:
+            return None, _ACTIVE  # or this Litestream does not say: it may have read before us
+        head = self._newest()
+        if head is None or head.salts != end.salts:
+            return None, "no trusted WAL end or LTX"
+        if head.end >= end.end:
+            return head.txid, "in the newest LTX"
+        if end.end - head.end > MAX_PENDING_WAL:
+            return None, "too much WAL pending"
+        return head.txid + 1, "next txid"

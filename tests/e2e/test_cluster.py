@@ -46,6 +46,37 @@ async def test_a_post_to_a_replica_returns_only_once_that_replica_holds_it(clust
     assert misses == []
 
 
+async def test_eight_concurrent_writers_each_read_their_own_write_on_a_replica(cluster: Cluster) -> None:
+    # Commits from 8 writers interleave, so the primary's txid for one write is worked out while
+    # others commit and Litestream syncs: each must still cover its own write. Even writers post to
+    # the primary and read on a replica with the cookie the primary set; odd writers post through a
+    # replica (no cookies: the POST itself waits) and read there.
+    misses: list[tuple[int, int, str, int]] = []
+    replicas = cluster.replicas
+
+    async def writer(k: int) -> None:
+        async with httpx.AsyncClient(timeout=10) as client:
+            for i in range(25):
+                replica = replicas[(k + i) % len(replicas)]
+                target = cluster.primary.url if k % 2 == 0 else replica.url
+                response = await client.post(f"{target}/api/messages", json={"author": f"w{k}", "text": f"c{k}-{i}"})
+                assert response.status_code == 201, response.text
+                assert response.headers["forwarder-node"] == cluster.primary.id
+                if k % 2 == 0:
+                    assert "__txid" in client.cookies
+                else:
+                    client.cookies.clear()
+                message_id = response.json()["id"]
+                if message_id not in await message_ids(client, replica.url):
+                    misses.append((k, i, replica.id, message_id))
+
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tasks:
+            for k in range(8):
+                tasks.start_soon(writer, k)
+    assert misses == []
+
+
 async def reply_to_post(socket: ClientConnection) -> dict[str, Any]:
     """The next message that is not a `render` (renders are pushed whenever the node's position advances)."""
     while True:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -13,11 +13,11 @@ from forwarder.dev import Cluster
 
 
 @asynccontextmanager
-async def local_cluster(replicas: int = 2) -> AsyncIterator[Cluster]:
+async def local_cluster(replicas: int = 2, env: Mapping[str, str] | None = None) -> AsyncIterator[Cluster]:
     """Start uvicorn + Litestream nodes on loopback (no edge: clients talk to nodes), stop them after."""
     with tempfile.TemporaryDirectory() as tmp:
         cluster = Cluster(
-            app="bench.apps.write_app:app", data_dir=Path(tmp), replicas=replicas, edge=False, app_dir=REPO
+            app="bench.apps.write_app:app", data_dir=Path(tmp), replicas=replicas, edge=False, app_dir=REPO, env=env
         )
         await cluster.start()
         try:

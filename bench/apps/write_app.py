@@ -5,11 +5,16 @@ Kept minimal so the figures are forwarder's and the engine's, not an app's. Conf
 
 - `POST /write` with a text body inserts a row; on a replica the middleware forwards it.
 - `/rpc` (websocket): each text message is stored through `@primary_only` and answered with its id.
+
+`BENCH_BARE=1` serves the same handlers without forwarder, on `BENCH_DATABASE` (the primary-cost
+benchmark's baselines); `BENCH_COMMIT=sync` makes a forwarder primary ask `POST /sync` for every
+write, as before the covering check (`forwarder.engines.litestream_position`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator
 
 import anyio.to_thread
@@ -46,11 +51,16 @@ async def store(text: str) -> int:
 
 
 def create() -> ASGIApp:
-    forwarder = Forwarder.from_settings()
+    bare = os.environ.get("BENCH_BARE") == "1"
+    forwarder = None if bare else Forwarder.from_settings()
+    database = Database(os.environ.get("BENCH_DATABASE", "bench.db"), is_primary=lambda: True) if bare else None
+    if forwarder is not None and os.environ.get("BENCH_COMMIT") == "sync":
+        forwarder.engine.covering = None  # type: ignore[attr-defined]  # LitestreamEngine only
+    is_primary = bare or (forwarder is not None and forwarder.is_primary)
 
     async def write(request: Request) -> JSONResponse:
         text = (await request.body()).decode("utf-8", errors="replace")
-        row_id = await anyio.to_thread.run_sync(insert, database_of(forwarder), text)
+        row_id = await anyio.to_thread.run_sync(insert, database or database_of(forwarder), text)
         return JSONResponse({"id": row_id}, status_code=201)
 
     async def rpc(websocket: WebSocket) -> None:
@@ -64,13 +74,13 @@ def create() -> ASGIApp:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if forwarder.is_primary:
-            with database_of(forwarder).write() as conn:
+        if is_primary:
+            with (database or database_of(forwarder)).write() as conn:
                 conn.execute(SCHEMA)
         yield
 
     app = Starlette(routes=[Route("/write", write, methods=["POST"]), WebSocketRoute("/rpc", rpc)], lifespan=lifespan)
-    return ForwarderMiddleware(app, forwarder=forwarder)
+    return app if forwarder is None else ForwarderMiddleware(app, forwarder=forwarder)
 
 
 app = create()

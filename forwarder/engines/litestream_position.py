@@ -26,8 +26,10 @@ checkpoint runs between `beginSyncDiag` and `finishSyncDiag`, under the one exec
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import struct
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -44,9 +46,11 @@ MAX_PENDING_WAL = 1 << 20
 """Bytes of WAL not yet in an LTX above which "the next txid holds it" is not claimed (Litestream
 0.5 caps one sync at 64 MiB; a smaller bound stays far from that edge)."""
 
-ACTIVE_POLLS = 40
 ACTIVE_POLL_INTERVAL = 0.0005
-"""While a sync runs (3-8 ms measured), ask again this often, this many times, then `POST /sync`."""
+ACTIVE_WAIT = 1.0
+"""While a sync runs, ask again every `ACTIVE_POLL_INTERVAL` s for up to `ACTIVE_WAIT` s, then `POST /sync`.
+Syncs took 3-8 ms idle but over 20 ms at times on a loaded 2-core machine; `POST /sync` would
+queue behind the running sync anyway, so waiting for it here costs nothing more."""
 
 _ACTIVE = "a sync stayed active"
 _SHM_HEADER = struct.Struct("<IIIBBHII8s8s8s")  # WalIndexHdr, native (little-endian) byte order
@@ -152,6 +156,9 @@ class CoveringCheck:
     def __init__(self, database: Path) -> None:
         self.database = database
         self.ltx_dir = database.with_name(f".{database.name}-litestream") / "ltx" / "0"
+        self._sent = self._answered = 0  # status requests sent, and the latest one answered
+        self._reply: dict[str, Any] = {}
+        self._in_flight: asyncio.Future[None] | None = None
         self._hint = 0  # the newest L0 txid seen: where the next look starts
         self.outcomes: Counter[str] = Counter()  # how each call was answered (benchmarks, debugging)
 
@@ -168,11 +175,14 @@ class CoveringCheck:
         if txid is not None:
             self.outcomes["in the newest LTX"] += 1
             return txid
-        for attempt in range(ACTIVE_POLLS):
+        deadline = time.monotonic() + ACTIVE_WAIT
+        for attempt in itertools.count():
             if attempt:
+                if time.monotonic() > deadline:
+                    break
                 await asyncio.sleep(ACTIVE_POLL_INTERVAL)
             try:
-                status = await request("GET", "/debug/sync-status", params={"path": str(self.database)})
+                status = await self._status(request)
             except EngineError:
                 self.outcomes["sync-status failed"] += 1
                 return None
@@ -182,6 +192,29 @@ class CoveringCheck:
                 return txid
         self.outcomes[_ACTIVE] += 1
         return None
+
+    async def _status(self, request: Callable[..., Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        """`GET /debug/sync-status`, shared by concurrent callers.
+
+        A caller may use only a reply to a request sent after it arrived (one sent before may
+        predate its commit), so it waits for the one in flight to end, then joins or sends the next.
+        """
+        wanted = self._sent + 1  # the first request sent from now on
+        while self._answered < wanted:
+            if self._in_flight is not None:
+                await asyncio.wait([self._in_flight])  # whatever its fate, then look again
+                continue
+            self._sent += 1
+            sent = self._sent
+            self._in_flight = done = asyncio.get_running_loop().create_future()
+            try:
+                reply = await request("GET", "/debug/sync-status", params={"path": str(self.database)})
+                if sent > self._answered:
+                    self._answered, self._reply = sent, reply
+            finally:
+                self._in_flight = None
+                done.set_result(None)
+        return self._reply
 
     def covered(self) -> tuple[WalEnd, int | None] | None:
         """Steps 1 and 2: the WAL end, and the newest txid if it already holds it (else None).

@@ -1,0 +1,131 @@
+"""The covering check's decisions, on a real WAL database and hand-made L0 LTX headers."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from forwarder.engines.litestream_position import MAX_PENDING_WAL, CoveringCheck, latest_l0, wal_end
+
+pytestmark = pytest.mark.anyio
+
+
+def write_ltx(ltx_dir: Path, txid: int, salts: bytes, offset: int, size: int, *, magic: bytes = b"LTX1") -> None:
+    ltx_dir.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">4sIIIQQqQqq8s", magic, 2, 4096, 4, txid, txid, 0, 0, offset, size, salts)
+    (ltx_dir / f"{txid:016x}-{txid:016x}.ltx").write_bytes(header + bytes(28))
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Any:
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE t (v)")
+    yield path, conn
+    conn.close()
+
+
+def test_wal_end_is_the_committed_end_of_the_wal_file(db: Any) -> None:
+    path, conn = db
+    first = wal_end(path)
+    assert first is not None
+    conn.execute("INSERT INTO t VALUES (1)")
+    second = wal_end(path)
+    assert second is not None and second.salts == first.salts
+    assert second.end > first.end
+    assert second.end == Path(f"{path}-wal").stat().st_size  # no restart yet: the file ends at the last commit
+    assert second.salts == Path(f"{path}-wal").read_bytes()[16:24]
+
+
+def test_wal_end_is_unknown_without_a_wal_index_or_with_torn_copies(tmp_path: Path, db: Any) -> None:
+    assert wal_end(tmp_path / "missing.db") is None
+    path, _ = db
+    shm = Path(f"{path}-shm")
+    raw = bytearray(shm.read_bytes())
+    raw[16] ^= 0xFF  # the first copy of the header differs from the second: a writer mid-update
+    shm.write_bytes(bytes(raw))
+    assert wal_end(path) is None
+
+
+def test_latest_l0_reads_the_newest_file_and_probes_forward_from_a_hint(tmp_path: Path) -> None:
+    ltx = tmp_path / "ltx"
+    for txid in (3, 4, 5):
+        write_ltx(ltx, txid, b"saltsalt", 32, 100 * txid)
+    (ltx / "0000000000000009-0000000000000009.ltx.tmp").write_bytes(b"x")
+    head = latest_l0(ltx)
+    assert head is not None and (head.txid, head.end) == (5, 532)
+    write_ltx(ltx, 6, b"saltsalt", 32, 700)
+    assert (h := latest_l0(ltx, hint=4)) is not None and h.txid == 6  # probed 5, 6, then 7 is absent
+    assert (h := latest_l0(ltx, hint=2)) is not None and h.txid == 6  # hint's file gone: listed instead
+    write_ltx(ltx, 7, b"saltsalt", 0, 0)  # a snapshot, not a WAL range: not trusted
+    assert latest_l0(ltx) is None
+    write_ltx(ltx, 8, b"saltsalt", 32, 10, magic=b"XXXX")
+    assert latest_l0(ltx) is None
+
+
+def status(active: bool) -> dict[str, Any]:
+    return {"databases": [{"path": "/x", "active": active, "txid": 1}]}
+
+
+async def test_the_txid_is_the_newest_if_it_holds_the_wal_end_else_the_next_when_no_sync_runs(db: Any) -> None:
+    path, conn = db
+    check = CoveringCheck(path)
+    end = wal_end(path)
+    assert end is not None
+    write_ltx(check.ltx_dir, 10, end.salts, 32, end.end - 32)
+    found = check.covered()
+    assert found is not None and found[1] == 10  # already in txid 10, no status needed
+
+    conn.execute("INSERT INTO t VALUES (2)")  # committed, not in any LTX yet
+    found = check.covered()
+    assert found is not None and found[1] is None
+    assert check.after_status(found[0], status(active=False)) == (11, "next txid")
+    assert check.after_status(found[0], status(active=True))[0] is None  # it may have read the WAL before us
+    assert check.after_status(found[0], {"databases": []})[0] is None
+    assert check.after_status(found[0], {"databases": [{"path": "/x"}]})[0] is None  # no `active`: unknown
+
+
+async def test_other_salts_or_too_much_pending_wal_give_no_answer(db: Any) -> None:
+    path, _ = db
+    check = CoveringCheck(path)
+    end = wal_end(path)
+    assert end is not None
+    write_ltx(check.ltx_dir, 10, b"othersal", 32, end.end)  # another WAL (restarted since)
+    assert check.covered() is None
+    write_ltx(check.ltx_dir, 11, end.salts, 32, 1)
+    found = check.covered()
+    assert found is not None
+    far = type(found[0])(found[0].salts, 33 + MAX_PENDING_WAL + 1)
+    assert check.after_status(far, status(active=False))[0] is None
+
+
+async def test_a_status_reply_to_a_request_sent_before_the_caller_arrived_is_not_used(db: Any) -> None:
+    path, _ = db
+    check = CoveringCheck(path)
+    sent: list[int] = []
+    release = asyncio.Event()
+
+    async def request(method: str, target: str, **_: Any) -> dict[str, Any]:
+        sent.append(len(sent) + 1)
+        number = len(sent)
+        if number == 1:
+            await release.wait()
+        return {"n": number}
+
+    first = asyncio.create_task(check._status(request))
+    while not sent:
+        await asyncio.sleep(0)
+    later = [asyncio.create_task(check._status(request)) for _ in range(5)]  # arrive while #1 is in flight
+    await asyncio.sleep(0.01)
+    assert sent == [1]
+    release.set()
+    assert await first == {"n": 1}
+    assert [await task for task in later] == [{"n": 2}] * 5  # one shared request, sent after they arrived
+    assert sent == [1, 2]

@@ -293,12 +293,25 @@ async def main(rounds: int, idle_seconds: float) -> dict[str, object]:
     return {"wake": rows, "ten_thousand_waiters": many}
 
 
+def ten_thousand_on_uvloop(idle_seconds: float) -> dict[str, float] | None:
+    """`ten_thousand()` on uvloop, the loop uvicorn picks when `uvicorn[standard]` is installed
+    (forwarder's `server` extra, the Dockerfile, `forwarder dev`); None without uvloop."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(ten_thousand(idle_seconds))
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--idle-seconds", type=float, default=2.0)
     args = parser.parse_args()
     result = asyncio.run(main(args.rounds, args.idle_seconds))
+    result["ten_thousand_waiters_uvloop"] = ten_thousand_on_uvloop(args.idle_seconds)
+    print(f"- on uvloop: {result['ten_thousand_waiters_uvloop']}")
     for key, value in result["ten_thousand_waiters"].items():  # type: ignore[attr-defined]
         print(f"- {key}: {value}")
     report("wake", result, result["wake"], ["mechanism", *LATENCY])  # type: ignore[arg-type]

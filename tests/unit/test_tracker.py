@@ -114,3 +114,44 @@ def test_committed_timeout_carries_the_result() -> None:
     error = ReplicationTimeout(5, 3, 1.0).with_result({"id": 1})
     assert error.committed and error.result == {"id": 1}
     assert "committed on the primary" in str(error)
+
+
+async def test_one_shared_deadline_timer_expires_each_waiter_at_its_own_time() -> None:
+    tracker = Tracker()
+    loop = asyncio.get_running_loop()
+    ended: dict[str, float] = {}
+
+    async def wait(name: str, txid: int, timeout: float) -> None:
+        started = loop.time()
+        try:
+            await tracker.wait_for(Txid(txid), timeout=timeout)
+            ended[name] = -1.0
+        except ReplicationTimeout:
+            ended[name] = loop.time() - started
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait, "long", 9, 0.3)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(wait, "short", 9, 0.05)  # an earlier deadline re-arms the one timer
+            tg.start_soon(wait, "woken", 2, 0.02)
+            cancelled = asyncio.create_task(tracker.wait_for(Txid(9), timeout=0.01))
+            await anyio.wait_all_tasks_blocked()
+            assert tracker._timer is not None and len(tracker._deadlines) == 4
+            cancelled.cancel()  # the earliest deadline's waiter goes away: the others still expire
+            tracker.advance(Txid(2))
+    assert ended["woken"] == -1.0
+    assert 0.04 <= ended["short"] < 0.25
+    assert 0.29 <= ended["long"] < 1.0
+    assert tracker.waiting == 0
+    assert tracker._deadlines == [] and tracker._timer is None  # nothing left behind
+
+
+async def test_waking_every_waiter_drops_their_deadlines_and_the_timer() -> None:
+    tracker = Tracker()
+    tasks = [asyncio.create_task(tracker.wait_for(Txid(1 + i % 3), timeout=30)) for i in range(100)]
+    await asyncio.sleep(0)
+    assert len(tracker._deadlines) == 100 and tracker._timer is not None
+    tracker.advance(Txid(3))
+    await asyncio.gather(*tasks)
+    assert tracker._deadlines == [] and tracker._timer is None

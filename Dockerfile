@@ -14,7 +14,8 @@ COPY pyproject.toml README.md ./
 COPY forwarder ./forwarder
 COPY example_app ./example_app
 # No litestream extra: on Fly, LiteFS replicates.
-RUN pip install --no-cache-dir ".[metrics]"
+# server: uvloop and httptools, which litefs.yml's uvicorn command line asks for.
+RUN pip install --no-cache-dir ".[metrics,server]"
 
 COPY litefs.yml /etc/litefs.yml
 

@@ -8,15 +8,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 from typing import Any
 
 from bench import (
     charts,
+    commit_position,
     engine_lag,
     forwarded_write,
+    primary_cost,
     profile_hop,
     read_path,
+    server_stack,
     sqlmodel_read,
     wake,
     write_throughput,
@@ -52,15 +56,23 @@ def main() -> None:
         publish(json.loads((RESULTS / "latest.json").read_text()))
         return
     started = time.monotonic()
-    results: dict[str, Any] = {"machine": machine(), "quick": args.quick}
+    results: dict[str, Any] = {"machine": {**machine(), "load": round(os.getloadavg()[0], 2)}, "quick": args.quick}
     print("wake latency...", flush=True)
     results["wake"] = asyncio.run(wake.main(40 if args.quick else 300, 1.0 if args.quick else 2.0))
+    results["wake"]["ten_thousand_waiters_uvloop"] = wake.ten_thousand_on_uvloop(1.0 if args.quick else 2.0)
     print("read path...", flush=True)
-    results["read_path"] = read_path.run(2 if args.quick else 9, 2 if args.quick else 3, 16)
+    results["read_path"] = read_path.run(2 if args.quick else 10, 1, 16, max_rounds=2 if args.quick else 30)
     print("SQLModel read...", flush=True)
     results["sqlmodel_read"] = sqlmodel_read.run(2 if args.quick else 9, 2 if args.quick else 3, 16)
     results.update(asyncio.run(cluster_benchmarks(args.quick)))
+    print("commit position candidates...", flush=True)
+    results["commit_position"] = commit_position.run(20 if args.quick else 150)
+    print("primary cost...", flush=True)
+    results["primary_cost"] = primary_cost.run(1 if args.quick else 3, 1 if args.quick else 2)
+    print("server stack...", flush=True)
+    results["server_stack"] = server_stack.run(1 if args.quick else 3, 10 if args.quick else 40, 1 if args.quick else 2)
     results["seconds"] = round(time.monotonic() - started, 1)
+    results["load_at_end"] = round(os.getloadavg()[0], 2)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     publish(results)
@@ -89,8 +101,10 @@ def render(results: dict[str, Any]) -> str:
     profile = results["profile_hop"]
     return "\n".join(
         [
-            f"Machine: {m['cpus']} CPUs, Python {m['python']}, {m['platform']}; run took {results['seconds']} s.",
+            f"Machine: {m['cpus']} CPUs, Python {m['python']}, {m['platform']}; run took {results['seconds']} s; "
+            f"load average at the start {m.get('load', '?')}, at the end {results.get('load_at_end', '?')}.",
             "",
+            *_primary_sections(results),
             "**Catch-up wake** (engine signal to waiting coroutine resumed, ms)",
             "",
             table(wake_rows, ["mechanism", *LATENCY]),
@@ -106,6 +120,7 @@ def render(results: dict[str, Any]) -> str:
             f"`asyncio.Event`: {many['asyncio_event_floor_10000_ms']} ms; polling at 50 ms: "
             f"{many['poll50_wake_all_10000_ms']} ms.",
             "",
+            *_uvloop_wake(results["wake"].get("ten_thousand_waiters_uvloop")),
             "**Read path** (GET throughput on a replica, middleware / bare app, wrk, A/B alternating)",
             "",
             table(read_rows, read_path.COLUMNS),
@@ -138,6 +153,52 @@ def render(results: dict[str, Any]) -> str:
             "",
         ]
     )
+
+
+def _primary_sections(results: dict[str, Any]) -> list[str]:
+    """The primary-cost, commit-position and server-stack tables (absent from runs made before them)."""
+    out: list[str] = []
+    if "primary_cost" in results:
+        rows = [{k: v for k, v in row.items() if k != "runs"} for row in results["primary_cost"]["rows"]]
+        out += [
+            "**Primary cost** (the same write app: bare; with `litestream replicate` and a follower, no forwarder; "
+            "as the primary of a forwarder cluster; the same with `POST /sync` per write as before; wrk POSTs, "
+            "one setup at a time, order rotating per round)",
+            "",
+            table(rows, primary_cost.COLUMNS),
+            "",
+        ]
+    if "commit_position" in results:
+        out += [
+            "**Learning a txid that covers a commit** on a Litestream primary (one writer, commits spaced 0-4 ms, "
+            "candidates taking turns; every covering-check answer verified against the LTX file of its txid)",
+            "",
+            table(results["commit_position"]["rows"], commit_position.COLUMNS),
+            "",
+        ]
+    if "server_stack" in results:
+        rows = [{k: v for k, v in row.items() if k != "runs"} for row in results["server_stack"]["rows"]]
+        out += [
+            "**Server stack** (two clusters side by side, alternating: uvloop + httptools as `forwarder dev` starts "
+            "nodes now, against asyncio + h11)",
+            "",
+            table(rows, server_stack.COLUMNS),
+            "",
+        ]
+    return out
+
+
+def _uvloop_wake(many: dict[str, Any] | None) -> list[str]:
+    if not many:
+        return []
+    return [
+        f"On uvloop (what uvicorn runs with `forwarder[server]`): one change wakes all 10,000 in "
+        f"{many['tracker_wake_all_10000_ms']} ms (median of {many['wake_all_repeats']}; max "
+        f"{many['tracker_wake_all_10000_max_ms']} ms; `advance()` {many['tracker_wake_all_10000_advance_median_ms']} "
+        f"ms, resuming {many['tracker_wake_all_10000_resume_median_ms']} ms); 10,000 tasks on one `asyncio.Event`: "
+        f"{many['asyncio_event_floor_10000_ms']} ms.",
+        "",
+    ]
 
 
 if __name__ == "__main__":

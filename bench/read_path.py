@@ -1,18 +1,24 @@
 """Read path: GET throughput on a replica through the middleware, divided by the bare app.
 
 Two uvicorn processes serve the same handlers (one wrapped in `ForwarderMiddleware` as a
-Litestream replica, one bare); `wrk` (a separate process) loads one at a time, A and B
-alternating, and the ratio of median throughputs is reported. Two handlers: `/rows` (a fresh
+Litestream replica, one bare); each round, one `wrk` per server loads both at the same time (so
+both see the same moment of a shared machine), which starts first alternating, and the ratio of
+median throughputs is reported. Two handlers: `/rows` (a fresh
 read-only SQLite connection and a query, what a replica read is) and `/hello` (nothing, the
 worst case for the middleware's share).
 
-    .venv/bin/python -m bench.read_path [--rounds 5 --seconds 3]
+Each round is one A/B pair; its ratio cancels the machine's drift. Rounds go on (at least
+`--rounds`, at most `--max-rounds`) until the spread of the median paired ratio, the half-width
+of its 95 % bootstrap interval, is under `TARGET_SPREAD`; the spread is reported either way.
+
+    .venv/bin/python -m bench.read_path [--rounds 8 --max-rounds 40 --seconds 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import re
 import shutil
 import signal
@@ -36,8 +42,19 @@ COLUMNS = [
     "forwarder req/s (median)",
     "ratio of medians",
     "paired ratio (median)",
+    "spread (95 % CI half-width)",
     "paired ratio (min-max)",
+    "rounds",
+    "load",
 ]
+TARGET_SPREAD = 0.03
+
+
+def spread(ratios: list[float], resamples: int = 2000) -> float:
+    """Half-width of the 95 % bootstrap interval of the median of `ratios` (fixed seed: reproducible)."""
+    rng = random.Random(16)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    return (medians[int(0.975 * resamples) - 1] - medians[int(0.025 * resamples)]) / 2
 
 
 def free_port() -> int:
@@ -63,16 +80,28 @@ def start_server(wrapped: bool, database: Path, port: int) -> subprocess.Popen[b
 
 
 def wrk(url: str, seconds: float, connections: int) -> float:
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not match:
-        raise RuntimeError(f"cannot read wrk's output:\n{out}")
-    return float(match.group(1))
+    return wrk_together([url], seconds, connections)[0]
+
+
+def wrk_together(urls: list[str], seconds: float, connections: int) -> list[float]:
+    """One wrk per URL, all at once: each A/B pair then sees the same moment of the shared machine."""
+    processes = [
+        subprocess.Popen(
+            ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for url in urls
+    ]
+    rates = []
+    for process in processes:
+        out, err = process.communicate(timeout=seconds + 30)
+        match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+        if process.returncode != 0 or not match:
+            raise RuntimeError(f"cannot read wrk's output (exit {process.returncode}):\n{out}\n{err}")
+        rates.append(float(match.group(1)))
+    return rates
 
 
 def make_database(path: Path) -> None:
@@ -84,7 +113,7 @@ def make_database(path: Path) -> None:
     Path(f"{path}-txid").write_text(f"{1:016x}\n")
 
 
-def run(rounds: int, seconds: float, connections: int) -> dict[str, Any]:
+def run(rounds: int, seconds: float, connections: int, max_rounds: int | None = None) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise SystemExit("the read-path benchmark needs wrk: apt-get install wrk")
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,13 +127,20 @@ def run(rounds: int, seconds: float, connections: int) -> dict[str, Any]:
                 samples: dict[str, list[float]] = {"bare": [], "forwarder": []}
                 for name in ports:
                     wrk(f"http://127.0.0.1:{ports[name]}{path}", 1, connections)  # warm up
-                for i in range(rounds):
+                load = os.getloadavg()[0]
+                paired: list[float] = []
+                for i in range(max(rounds, max_rounds or rounds)):
+                    if i >= rounds and spread(paired) < TARGET_SPREAD:
+                        break
                     order = ["bare", "forwarder"] if i % 2 == 0 else ["forwarder", "bare"]
-                    for name in order:
-                        samples[name].append(wrk(f"http://127.0.0.1:{ports[name]}{path}", seconds, connections))
+                    urls = [f"http://127.0.0.1:{ports[name]}{path}" for name in order]
+                    for name, rate in zip(order, wrk_together(urls, seconds, connections), strict=True):
+                        samples[name].append(rate)
+                    # A and B ran at the same time in this round: their ratio cancels the machine's drift.
+                    paired.append(samples["forwarder"][-1] / samples["bare"][-1])
                 bare, ours = statistics.median(samples["bare"]), statistics.median(samples["forwarder"])
-                # A and B ran back to back in each round: their ratio cancels the machine's drift.
-                paired = sorted(b / a for a, b in zip(samples["bare"], samples["forwarder"], strict=True))
+                half_width = spread(paired)
+                paired.sort()
                 rows.append(
                     {
                         "handler": path,
@@ -112,7 +148,10 @@ def run(rounds: int, seconds: float, connections: int) -> dict[str, Any]:
                         "forwarder req/s (median)": round(ours),
                         "ratio of medians": round(ours / bare, 3),
                         "paired ratio (median)": round(statistics.median(paired), 3),
+                        "spread (95 % CI half-width)": round(half_width, 3),
                         "paired ratio (min-max)": f"{paired[0]:.2f}-{paired[-1]:.2f}",
+                        "rounds": len(paired),
+                        "load": round(load, 2),
                         "samples": samples,
                     }
                 )
@@ -125,9 +164,10 @@ def run(rounds: int, seconds: float, connections: int) -> dict[str, Any]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="read-path throughput, middleware vs bare app")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=3)
+    parser.add_argument("--rounds", type=int, default=8, help="at least this many A/B rounds")
+    parser.add_argument("--max-rounds", type=int, default=40, help="at most this many, until the spread is small")
+    parser.add_argument("--seconds", type=float, default=1)
     parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args()
-    result = run(args.rounds, args.seconds, args.connections)
+    result = run(args.rounds, args.seconds, args.connections, args.max_rounds)
     report("read_path", result, result["rows"], COLUMNS)

@@ -19,7 +19,7 @@ from typing import Literal
 import httpx
 
 from .edge import Edge, EdgeNode, serve_edge
-from .processes import ClusterError, ManagedProcess, free_port
+from .processes import ClusterError, ManagedProcess, fast_server_options, free_port
 from .replication import Follower, Replicator
 from .watchdog import Watchdog
 
@@ -310,6 +310,7 @@ class Cluster:
     async def _start_app(self, node: NodeProcess) -> None:
         argv = [sys.executable, "-m", "uvicorn", self.app, "--host", self.host, "--port", str(node.port)]
         argv.append("--no-access-log")
+        argv += fast_server_options(self._app_env(node))
         if self.app_dir is not None:
             argv += ["--app-dir", str(self.app_dir)]
         node.app = ManagedProcess(node.id, argv, log_path=self.logs_dir / f"{node.id}.log", env=self._app_env(node))

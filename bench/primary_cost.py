@@ -9,7 +9,9 @@ in turn by one `wrk` thread of POSTs, the order rotating every round:
   Litestream and no forwarder;
 - `forwarder`: the same app inside `ForwarderMiddleware` as the primary of a `forwarder dev`
   cluster with one replica (same Litestream processes), the covering check giving the txid;
-- `forwarder, POST /sync`: the same, with every write's txid from `POST /sync` (before).
+- `forwarder, POST /sync`: the same, with every write's txid from `POST /sync` (before);
+- `forwarder, no txid`: the same, answering txid 1 without asking Litestream. Not correct, not a
+  candidate: the floor that shows how much of the primary's cost is the txid.
 
 The target: forwarder / litestream throughput >= 0.9 and p50 added < 1 ms, at every concurrency.
 
@@ -33,15 +35,16 @@ from bench.stats import report
 from bench.write_throughput import CONCURRENCY, wrk
 from forwarder.dev.replication import Follower, Replicator
 
-SETUPS = ("bare", "litestream", "forwarder", "forwarder, POST /sync")
+SETUPS = ("bare", "litestream", "forwarder", "forwarder, POST /sync", "forwarder, no txid")
 COLUMNS = [
     "connections",
     *(f"{setup} req/s" for setup in SETUPS),
     "forwarder / litestream",
     "forwarder p50 added ms",
     "POST /sync / litestream",
+    "no txid / litestream",
     "litestream / bare",
-    "p50 ms (bare, litestream, forwarder, /sync)",
+    "p50 ms (bare, litestream, forwarder, /sync, no txid)",
     "load",
 ]
 
@@ -73,6 +76,8 @@ async def measure(rounds: int, seconds: float) -> dict[str, Any]:
             urls["forwarder"] = cluster.primary.url
             before = await stack.enter_async_context(local_cluster(replicas=1, env={"BENCH_COMMIT": "sync"}))
             urls["forwarder, POST /sync"] = before.primary.url
+            floor = await stack.enter_async_context(local_cluster(replicas=1, env={"BENCH_COMMIT": "none"}))
+            urls["forwarder, no txid"] = floor.primary.url
             for setup in SETUPS:  # warm up
                 await wrk([urls[setup]], 2, 1)
             rows = []
@@ -99,8 +104,9 @@ def _row(connections: int, runs: dict[str, list[dict[str, Any]]], load: float) -
         "forwarder / litestream": round(rps["forwarder"] / rps["litestream"], 3),
         "forwarder p50 added ms": round(p50["forwarder"] - p50["litestream"], 2),
         "POST /sync / litestream": round(rps["forwarder, POST /sync"] / rps["litestream"], 3),
+        "no txid / litestream": round(rps["forwarder, no txid"] / rps["litestream"], 3),
         "litestream / bare": round(rps["litestream"] / rps["bare"], 3),
-        "p50 ms (bare, litestream, forwarder, /sync)": ", ".join(f"{p50[s]:.1f}" for s in SETUPS),
+        "p50 ms (bare, litestream, forwarder, /sync, no txid)": ", ".join(f"{p50[s]:.1f}" for s in SETUPS),
         "load": round(load, 2),
         "runs": runs,
     }

@@ -8,7 +8,8 @@ Kept minimal so the figures are forwarder's and the engine's, not an app's. Conf
 
 `BENCH_BARE=1` serves the same handlers without forwarder, on `BENCH_DATABASE` (the primary-cost
 benchmark's baselines); `BENCH_COMMIT=sync` makes a forwarder primary ask `POST /sync` for every
-write, as before the covering check (`forwarder.engines.litestream_position`).
+write, as before the covering check (`forwarder.engines.litestream_position`); `BENCH_COMMIT=none`
+gives every write txid 1 without asking Litestream (not correct: it shows what the txid costs).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from forwarder import Database, Forwarder, ForwarderMiddleware, primary_only
+from forwarder import Database, Forwarder, ForwarderMiddleware, Txid, primary_only
 from forwarder.context import current_forwarder
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS writes (id INTEGER PRIMARY KEY, text TEXT NOT NULL)"
@@ -56,6 +57,12 @@ def create() -> ASGIApp:
     database = Database(os.environ.get("BENCH_DATABASE", "bench.db"), is_primary=lambda: True) if bare else None
     if forwarder is not None and os.environ.get("BENCH_COMMIT") == "sync":
         forwarder.engine.covering = None  # type: ignore[attr-defined]  # LitestreamEngine only
+    if forwarder is not None and os.environ.get("BENCH_COMMIT") == "none":
+
+        async def no_txid() -> Txid:
+            return Txid(1)
+
+        forwarder.engine.commit_position = no_txid  # type: ignore[method-assign]
     is_primary = bare or (forwarder is not None and forwarder.is_primary)
 
     async def write(request: Request) -> JSONResponse:

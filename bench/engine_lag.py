@@ -6,8 +6,9 @@ the primary's database and watches a replica's `-txid` file; each time it change
 read-only connection checks for the row. Two ways, alternated:
 
 - Litestream alone: nothing else is done; the row ships on Litestream's own schedule.
-- with `POST /sync`: the control socket is asked to ship at once, as `commit_position()` does for
-  every forwarded write.
+- with `POST /sync`: the control socket is asked to ship at once, as `commit_position()` did for
+  every write before it worked the txid out from local files (`litestream_position`); it still
+  does when those cannot tell.
 
     .venv/bin/python -m bench.engine_lag [--rounds 150]
 """
@@ -64,6 +65,7 @@ async def measure(cluster: Cluster, rounds: int) -> dict[str, list[float]]:
     samples: dict[str, list[float]] = {"Litestream alone": [], "with POST /sync": [], "POST /sync itself": []}
     primary = sqlite3.connect(cluster.primary.database, timeout=5, isolation_level=None)
     engine = LitestreamEngine(cluster.primary.database, Role.PRIMARY, socket_path=cluster.socket_path)
+    engine.covering = None  # always POST /sync: that is what this measures
     replica = cluster.replicas[0].database
     try:
         await engine.start()

@@ -134,7 +134,8 @@ class LitestreamEngine(Engine):
 
     async def aclose(self) -> None:
         """Stop the watcher or the syncer and close the socket client."""
-        tasks = [task for task in (self._watcher, self._syncer, self._guard_task) if task is not None]
+        shipper = self.covering.shipper if self.covering is not None else None
+        tasks = [task for task in (self._watcher, self._syncer, self._guard_task, shipper) if task is not None]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -155,8 +156,7 @@ class LitestreamEngine(Engine):
     async def commit_position(self) -> Txid:
         """A txid covering every commit finished before this call (primary only), from local files if they can tell.
 
-        Else group commit: at most one sync runs and one is queued. A caller never joins the running
-        sync (it may predate the caller's commit) but the queued one, with everyone who came meanwhile.
+        Else group commit: one sync runs, one is queued; a caller joins the queued one (the running one may predate it).
         """
         if self._role is not Role.PRIMARY:
             raise EngineError(

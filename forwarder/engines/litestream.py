@@ -134,8 +134,7 @@ class LitestreamEngine(Engine):
 
     async def aclose(self) -> None:
         """Stop the watcher or the syncer and close the socket client."""
-        shipper = self.covering.shipper if self.covering is not None else None
-        tasks = [task for task in (self._watcher, self._syncer, self._guard_task, shipper) if task is not None]
+        tasks = [task for task in (self._watcher, self._syncer, self._guard_task) if task is not None]
         for task in tasks:
             task.cancel()
         if tasks:

@@ -17,6 +17,12 @@ Three local facts decide it, read in this order after the commit:
    the WAL holds frames no LTX holds yet. Step 2 is then read again (a sync that finished
    between the two reads started after our commit).
 
+It does not also ask Litestream to sync at once (a background `POST /sync`, wait=false), though
+that would get the txid to a waiting replica up to a monitor interval sooner: measured on the
+primary, it cut direct-write throughput to that of `POST /sync` per write (83/243/451 against
+250/422/578 writes/s at 1/8/32 connections, `bench/primary_cost.py`-style A/B, load average 10),
+because back-to-back syncs keep a sync active, and callers then wait it out.
+
 Anything unexpected (WAL restarted, salts differ, a sync in progress, an unknown header, more than
 `MAX_PENDING_WAL` bytes not yet synced, which a size-limited sync might split) answers None, and
 the caller falls back to `POST /sync`. Litestream source checked: v0.5.16 `db.go` (every sync and
@@ -27,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import os
 import struct
 import time
@@ -38,8 +43,6 @@ from pathlib import Path
 from typing import Any
 
 from ..exceptions import EngineError
-
-logger = logging.getLogger("forwarder.engines.litestream")
 
 __all__ = ["CoveringCheck", "LtxHead", "WalEnd", "latest_l0", "wal_end"]
 
@@ -56,7 +59,6 @@ Syncs took 3-8 ms idle but over 20 ms at times on a loaded 2-core machine; `POST
 queue behind the running sync anyway, so waiting for it here costs nothing more."""
 
 _ACTIVE = "a sync stayed active"
-_NEXT = "next txid"
 _SHM_HEADER = struct.Struct("<IIIBBHII8s8s8s")  # WalIndexHdr, native (little-endian) byte order
 _LTX_HEADER = struct.Struct(">4sIIIQQqQqq8s")  # LTX v0.5 header, big-endian, up to the WAL salts
 
@@ -163,8 +165,6 @@ class CoveringCheck:
         self._sent = self._answered = 0  # status requests sent, and the latest one answered
         self._reply: dict[str, Any] = {}
         self._in_flight: asyncio.Future[None] | None = None
-        self.shipper: asyncio.Task[None] | None = None  # the background POST /sync (see _ship)
-        self._ship_again = False
         self._hint = 0  # the newest L0 txid seen: where the next look starts
         self.outcomes: Counter[str] = Counter()  # how each call was answered (benchmarks, debugging)
 
@@ -195,35 +195,9 @@ class CoveringCheck:
             txid, outcome = self.after_status(end, status)
             if outcome != _ACTIVE:
                 self.outcomes[outcome + (" (after an active sync)" if attempt else "")] += 1
-                if outcome == _NEXT:
-                    self._ship(request)
                 return txid
         self.outcomes[_ACTIVE] += 1
         return None
-
-    def _ship(self, request: Callable[..., Awaitable[dict[str, Any]]]) -> None:
-        """Ask Litestream to sync now, without waiting: the txid handed out holds the commit either way,
-        but a replica waiting for it gets it a monitor interval sooner (the forwarded write's latency).
-
-        One sync in flight at a time; a request arriving meanwhile makes one more run after it (the
-        one in flight may have read the WAL before that commit).
-        """
-        if self.shipper is not None:
-            self._ship_again = True
-            return
-        self.shipper = asyncio.get_running_loop().create_task(self._run_ships(request), name="litestream-ship")
-
-    async def _run_ships(self, request: Callable[..., Awaitable[dict[str, Any]]]) -> None:
-        try:
-            while True:
-                self._ship_again = False
-                await request("POST", "/sync", payload={"path": str(self.database), "wait": False})
-                if not self._ship_again:
-                    return
-        except EngineError as exc:
-            logger.debug("background sync of %s failed (the monitor ships it anyway): %s", self.database, exc)
-        finally:
-            self.shipper = None
 
     async def _status(self, request: Callable[..., Awaitable[dict[str, Any]]]) -> dict[str, Any]:
         """`GET /debug/sync-status`, shared by concurrent callers.
@@ -281,4 +255,4 @@ class CoveringCheck:
             return head.txid, "in the newest LTX"
         if end.end - head.end > MAX_PENDING_WAL:
             return None, "too much WAL pending"
-        return head.txid + 1, _NEXT
+        return head.txid + 1, "next txid"

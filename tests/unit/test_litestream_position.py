@@ -129,27 +129,3 @@ async def test_a_status_reply_to_a_request_sent_before_the_caller_arrived_is_not
     assert await first == {"n": 1}
     assert [await task for task in later] == [{"n": 2}] * 5  # one shared request, sent after they arrived
     assert sent == [1, 2]
-
-
-async def test_background_syncs_run_one_at_a_time_and_once_more_for_callers_who_came_meanwhile(db: Any) -> None:
-    path, _ = db
-    check = CoveringCheck(path)
-    syncs: list[dict[str, Any]] = []
-    release = asyncio.Event()
-
-    async def request(method: str, target: str, **kwargs: Any) -> dict[str, Any]:
-        syncs.append(kwargs["payload"])
-        if len(syncs) == 1:
-            await release.wait()
-        return {}
-
-    check._ship(request)
-    await asyncio.sleep(0)
-    for _ in range(5):  # while the first is in flight: they share one more, after it
-        check._ship(request)
-    assert len(syncs) == 1
-    release.set()
-    assert check.shipper is not None
-    await check.shipper
-    assert syncs == [{"path": str(path), "wait": False}] * 2
-    assert check.shipper is None

@@ -16,7 +16,9 @@ from forwarder.endpoints import primary_endpoint
 from forwarder.policy import RoutingPolicy
 
 from .asgi import body_of, call, headers_of, http_scope, status_of
-from .nodes import Nodes, two_nodes
+from forwarder.node_headers import sign_node_headers
+
+from .nodes import SECRET, Nodes, two_nodes
 
 pytestmark = pytest.mark.anyio
 
@@ -120,14 +122,15 @@ async def test_replay_falls_back_to_proxy_when_the_primary_is_unknown() -> None:
     [
         (b"fly-replay-src", b"instance=node-r;region=ams;t=1;state=method"),
         (b"fly-replay-src", b"instance=node-r,region=ams,state=readonly"),
-        (b"forwarder-forwarded-by", b"node-q"),
+        (b"forwarder-forwarded-by", b"node-q"),  # signed by a node, as another node sends it
     ],
 )
 async def test_loop_guard(hop: tuple[bytes, bytes]) -> None:
     ref: list[Nodes] = []
+    headers = sign_node_headers(SECRET.encode(), "POST", "/w", [hop]) if hop[0].startswith(b"forwarder-") else [hop]
     async with two_nodes(lambda: board(ref), policy=RoutingPolicy(mode="replay")) as nodes:
         ref.append(nodes)
-        sent = await call(nodes.replica_app, http_scope("POST", "/w", [hop]), b"x")
+        sent = await call(nodes.replica_app, http_scope("POST", "/w", headers), b"x")
     assert status_of(sent) == 503 and headers_of(sent)["retry-after"] == ["1"]
     assert b"not the primary" in body_of(sent)
     assert nodes.log.head == 0

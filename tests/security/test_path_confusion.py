@@ -77,8 +77,6 @@ async def test_a_real_replica_refuses_confusing_paths(real_cluster: Cluster, tar
     before = await _count(real_cluster)
     body = json.dumps({"author": "mallory", "text": "confused"}).encode()
     for node in (real_cluster.replicas[0], real_cluster.primary):
-        reply = await raw_exchange(
-            node.url, request("POST", target, "x", "Content-Type: application/json", body=body)
-        )
+        reply = await raw_exchange(node.url, request("POST", target, "x", "Content-Type: application/json", body=body))
         assert reply.status == 400, reply
     assert await _count(real_cluster) == before

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from starlette.types import Scope
 
 from forwarder.dev import Cluster
 from forwarder.policy import RoutingPolicy
@@ -27,7 +28,7 @@ HOSTILE_TARGETS = [
 ]
 
 
-def _scope(method: str, raw: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> dict[str, object]:
+def _scope(method: str, raw: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> Scope:
     scope = http_scope(method, raw.decode("latin-1"), headers)
     scope["raw_path"] = raw
     return scope

@@ -150,6 +150,7 @@ async def nodes(
     policy: RoutingPolicy | None = None,
     security: SecurityPolicy | None = None,
     replication_timeout: float = 0.5,
+    connect_timeout: float = 2.0,
     auto_apply: bool = True,
 ) -> AsyncIterator[Nodes]:
     """A primary and a replica (memory engine); replication is immediate unless `auto_apply=False`."""
@@ -166,6 +167,7 @@ async def nodes(
         secret=SECRET,
         registry=registry,
         replication_timeout=replication_timeout,
+        connect_timeout=connect_timeout,
         policy=policy,
         security=security,
         transport=transport,

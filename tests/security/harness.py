@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -27,7 +27,7 @@ SECRET = "security-test-secret"
 PRIMARY_URL = "http://primary.internal:8080"
 
 
-@dataclass
+@dataclass(repr=False)
 class Ledger:
     """What the primary's app executed, and the path each request reached it with."""
 
@@ -56,7 +56,10 @@ def ledger_app(ledger: Ledger, registry: Registry, *, primary: bool) -> ASGIApp:
     assert record is not None
 
     async def write(request: Request) -> Response:
-        body = await request.body()
+        try:
+            body = await request.body()
+        except ClientDisconnect:  # a well-behaved app: the client went away, nothing to do
+            return Response(status_code=400)
         ledger.writes.append((request.method, request.url.path, body))
         ledger.log.commit()
         return JSONResponse({"ok": True}, status_code=201)
@@ -100,7 +103,7 @@ def ledger_registry(ledger: Ledger) -> Registry:
     return registry
 
 
-@dataclass
+@dataclass(repr=False)
 class Nodes:
     ledger: Ledger
     primary: Forwarder
@@ -109,6 +112,9 @@ class Nodes:
     primary_app: ASGIApp
     replica_app: ASGIApp
     transport: RecordingTransport
+
+    def __repr__(self) -> str:  # short: hypothesis prints its fixtures with each failing example
+        return f"Nodes({self.primary.policy.mode}, on_lag={self.primary.policy.on_lag})"
 
     @property
     def sent(self) -> list[httpx.Request]:

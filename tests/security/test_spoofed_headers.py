@@ -74,7 +74,7 @@ def test_signatures_bind_method_path_values_and_time() -> None:
         (None, "POST", "/a", headers, 1010),
     ]:
         secret, method, path, hs, now = args
-        kept, dropped = verified_headers(secret, method, path, hs, max_age=60, now=now)  # type: ignore[arg-type]
+        kept, dropped = verified_headers(secret, method, path, hs, max_age=60, now=now)
         assert set(dropped) == {b"forwarder-forwarded-by", b"forwarder-reason", NODE_SIGNATURE}
         assert not any(k.startswith(b"forwarder-") for k, _ in kept)
 

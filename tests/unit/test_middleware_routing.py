@@ -13,11 +13,10 @@ from starlette.types import Message, Receive, Scope, Send
 
 from forwarder import Txid
 from forwarder.endpoints import primary_endpoint
+from forwarder.node_headers import sign_node_headers
 from forwarder.policy import RoutingPolicy
 
 from .asgi import body_of, call, headers_of, http_scope, status_of
-from forwarder.node_headers import sign_node_headers
-
 from .nodes import SECRET, Nodes, two_nodes
 
 pytestmark = pytest.mark.anyio

@@ -114,3 +114,50 @@ def with_forwarded_for(headers: Headers, client_ip: str | None) -> Headers:
     out = [(k, v) for k, v in headers if k.lower() != b"x-forwarded-for"]
     out.append((b"x-forwarded-for", b", ".join([*earlier, client_ip.encode("latin-1", "replace")])))
     return out
+
+
+# -- fly-replay state ----------------------------------------------------------------------------
+# A replica's `fly-replay: ...;state=<reason>` comes back, copied by the Fly proxy, in the replayed
+# request's `fly-replay-src`, where it marks the hop (loop guard, no read-your-writes wait). A client
+# can send `fly-replay-src` too, so the state is sealed: `<reason>.<unix seconds>.<32 hex MAC>`
+# over the reason, the time, the method and the path. On arrival a sealed state that checks out is
+# opened back to `state=<reason>`, and any other state field is removed.
+
+_SEALED = re.compile(rb"([a-z_]{1,32})\.([0-9]{1,12})\.([0-9a-f]{32})")
+_STATE_FIELD = re.compile(rb"(^|[;,]\s*)state=([^;,]*)")
+
+
+def _state_mac(secret: bytes, reason: bytes, timestamp: bytes, method: str, path: str) -> bytes:
+    message = b"\n".join([b"fly-replay-state", reason, timestamp, method.upper().encode("latin-1", "replace")])
+    message += b"\n" + path.encode("utf-8", "surrogatepass")
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()[:32].encode()
+
+
+def seal_replay(secret: bytes, value: bytes, method: str, path: str, *, now: float | None = None) -> bytes:
+    """A `fly-replay` header value with its `state=<reason>` sealed for this request."""
+
+    def seal(match: re.Match[bytes]) -> bytes:
+        reason = match.group(2)
+        timestamp = str(int(time.time() if now is None else now)).encode()
+        sealed = reason + b"." + timestamp + b"." + _state_mac(secret, reason, timestamp, method, path)
+        return match.group(1) + b"state=" + sealed
+
+    return _STATE_FIELD.sub(seal, value, count=1)
+
+
+def opened_replay_source(
+    secret: bytes | None, value: bytes, method: str, path: str, *, max_age: float, now: float | None = None
+) -> bytes:
+    """A `fly-replay-src` value with a valid sealed state opened to `state=<reason>`, any other
+    state removed (it cannot have come from one of our nodes)."""
+
+    def open_(match: re.Match[bytes]) -> bytes:
+        sealed = _SEALED.fullmatch(match.group(2).strip())
+        if sealed is not None and secret:
+            reason, timestamp, mac = sealed.groups()
+            fresh = abs((time.time() if now is None else now) - int(timestamp)) <= max_age
+            if fresh and hmac.compare_digest(_state_mac(secret, reason, timestamp, method, path), mac):
+                return match.group(1) + b"state=" + reason
+        return b""
+
+    return _STATE_FIELD.sub(open_, value).strip(b";, ")

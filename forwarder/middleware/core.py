@@ -69,7 +69,7 @@ class ForwarderMiddleware:
         admitted = await admit(self.forwarder, scope, send)  # the target rule, framing, node headers
         if admitted is None:
             return
-        scope = admitted
+        scope, send = admitted
         token = context._current.set(self.forwarder)
         try:
             if scope["type"] == "http":

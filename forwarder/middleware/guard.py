@@ -2,7 +2,9 @@
 
 1. the target rule (`target.py`): 400 for anything but an origin-form target;
 2. framing: 400 for Transfer-Encoding with Content-Length, or a bad or conflicting Content-Length;
-3. node headers (`node_headers.py`): unsigned `forwarder-*` claims are dropped from the scope;
+3. node headers (`node_headers.py`): unsigned `forwarder-*` claims are dropped from the scope, and
+   a `fly-replay-src` state no node sealed is removed; the `fly-replay` states this node answers
+   with are sealed on the way out;
 4. `/_forwarder/*` is private: 403 through the public proxy (`Fly-Client-IP`), except
    `/_forwarder/health` when `FORWARDER_PUBLIC_HEALTH=true`.
 """
@@ -11,10 +13,10 @@ from __future__ import annotations
 
 import logging
 
-from starlette.types import Scope, Send
+from starlette.types import Message, Scope, Send
 
 from ..logsafe import clean
-from ..node_headers import verified_headers
+from ..node_headers import opened_replay_source, seal_replay, verified_headers
 from ..runtime import Forwarder
 from .classify import INTERNAL_PREFIX
 from .replay import came_through_fly_proxy
@@ -61,8 +63,9 @@ async def refuse(scope: Scope, send: Send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def admit(forwarder: Forwarder, scope: Scope, send: Send) -> Scope | None:
-    """The scope to serve (node headers checked), or None when the request was refused here."""
+async def admit(forwarder: Forwarder, scope: Scope, send: Send) -> tuple[Scope, Send] | None:
+    """The scope (node headers checked) and send (replay states sealed) to serve the request
+    with, or None when the request was refused here."""
     problem = target_problem(scope)
     if problem is None and scope["type"] == "http":
         problem = framing_problem(scope["headers"])
@@ -82,6 +85,15 @@ async def admit(forwarder: Forwarder, scope: Scope, send: Send) -> Scope | None:
             clean(scope["path"]),
         )
         scope = {**scope, "headers": headers}
+    secret = forwarder.node_secret
+    if any(k == b"fly-replay-src" for k, _ in headers):
+        opened = [
+            (k, opened_replay_source(secret, v, method, scope["path"], max_age=forwarder.signature_max_age))
+            if k == b"fly-replay-src"
+            else (k, v)
+            for k, v in headers
+        ]
+        scope = {**scope, "headers": opened}
     path: str = scope["path"]
     if path.startswith(INTERNAL_PREFIX) and came_through_fly_proxy(scope):
         if not (path == HEALTH_PATH and forwarder.security.public_health):
@@ -93,4 +105,24 @@ async def admit(forwarder: Forwarder, scope: Scope, send: Send) -> Scope | None:
                 "(Fly-Client-IP present); set FORWARDER_PUBLIC_HEALTH=true to expose /_forwarder/health",
             )
             return None
-    return scope
+    if secret is None or forwarder.is_primary:  # only a replica answers with fly-replay
+        return scope, send
+    return scope, _sealing(secret, method, path, send)
+
+
+_RESPONSE_STARTS = frozenset({"http.response.start", "websocket.http.response.start"})
+
+
+def _sealing(secret: bytes, method: str, path: str, send: Send) -> Send:
+    """`send` with the state of a `fly-replay` answer sealed for this request."""
+
+    async def send_sealed(message: Message) -> None:
+        if message["type"] in _RESPONSE_STARTS:
+            headers = message.get("headers", ())
+            if any(k == b"fly-replay" for k, _ in headers):
+                message["headers"] = [
+                    (k, seal_replay(secret, v, method, path)) if k == b"fly-replay" else (k, v) for k, v in headers
+                ]
+        await send(message)
+
+    return send_sealed

@@ -11,7 +11,13 @@ import pytest
 from forwarder import Forwarder, MemoryEngine, MemoryLog, Role, Topology
 from forwarder.dev import Cluster
 from forwarder.middleware.websocket import _upstream_headers
-from forwarder.node_headers import NODE_SIGNATURE, sign_node_headers, verified_headers
+from forwarder.node_headers import (
+    NODE_SIGNATURE,
+    opened_replay_source,
+    seal_replay,
+    sign_node_headers,
+    verified_headers,
+)
 from forwarder.policy import RoutingPolicy
 
 from ..unit.asgi import call, http_scope, status_of
@@ -57,6 +63,30 @@ async def test_a_client_forwarded_by_does_not_trip_the_loop_guard_and_is_not_pas
         verified_headers(KEY, "POST", "/api/write", [(k.encode(), v.encode()) for k, v in seen.items()], max_age=60)[1]
         == []
     )
+
+
+@pytest.mark.parametrize("state", [b"method", b"lag", b"method.1.00000000000000000000000000000000"])
+async def test_a_client_fly_replay_src_state_is_not_believed(state: bytes) -> None:
+    src = [(b"fly-replay-src", b"instance=node-r;region=ams;t=1;state=" + state)]
+    async with nodes(policy=RoutingPolicy(mode="proxy")) as n:
+        with anyio.fail_after(5):
+            sent = await call(n.replica_app, http_scope("POST", "/api/write", src), b"x")
+    assert status_of(sent) == 201  # forwarded as any client write, not refused as a replay loop
+    assert "state=" not in n.ledger.headers[0]["fly-replay-src"]  # the unsealed state was removed
+
+
+def test_a_sealed_state_opens_only_for_its_request() -> None:
+    sealed = seal_replay(KEY, b"instance=node-p;state=method", "POST", "/a", now=1000)
+    assert sealed.startswith(b"instance=node-p;state=method.1000.")
+    src = b"instance=node-r;t=1;" + sealed.partition(b";")[2]
+    assert opened_replay_source(KEY, src, "POST", "/a", max_age=60, now=1010) == b"instance=node-r;t=1;state=method"
+    for secret, method, path, now in [
+        (KEY, "PUT", "/a", 1010),
+        (KEY, "POST", "/b", 1010),
+        (KEY, "POST", "/a", 2000),
+        (b"x", "POST", "/a", 1010),
+    ]:
+        assert opened_replay_source(secret, src, method, path, max_age=60, now=now) == b"instance=node-r;t=1"
 
 
 def test_signatures_bind_method_path_values_and_time() -> None:

@@ -224,6 +224,7 @@ async def _run(n: Nodes, example: Example) -> list[Message]:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(example=examples())
+@pytest.mark.filterwarnings("ignore:Generating overly large repr:hypothesis.errors.HypothesisWarning")
 def test_fuzz_both_nodes(fuzz_nodes: tuple[BlockingPortal, dict[tuple[str, str], Nodes]], example: Example) -> None:
     portal, by_policy = fuzz_nodes
     n = by_policy[example.policy]

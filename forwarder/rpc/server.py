@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from pydantic import ValidationError
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
@@ -36,12 +37,16 @@ def _too_large(limit: int) -> _Refused:
     return _Refused(413, "BodyTooLarge", f"RPC bodies are limited to {limit} bytes (FORWARDER_RPC_MAX_BODY)")
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    """The body, counted while it is read: past `limit` bytes the call is refused, whatever Content-Length said."""
+async def _read_body(receive: Receive, limit: int, timeout: float) -> bytes:
+    """The body, counted while it is read: past `limit` bytes the call is refused, whatever
+    Content-Length said; a body idle for `timeout` seconds is refused with 408."""
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        with anyio.move_on_after(timeout) as waited:
+            message = await receive()
+        if waited.cancelled_caught:
+            raise _Refused(408, "BodyTimeout", f"the RPC body stalled for {timeout:g}s (FORWARDER_BODY_TIMEOUT)")
         if message["type"] == "http.disconnect":
             raise _Refused(400, "Disconnected", "the client disconnected before sending the whole body")
         chunk = message.get("body", b"")
@@ -84,12 +89,12 @@ async def _handle(forwarder: Forwarder, scope: Scope, receive: Receive) -> JSONR
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
             raise _too_large(limit)
-        body = await _read_body(receive, limit)
-        verifier.check(signature, "POST", path, body)
         if not forwarder.is_primary:
             raise _Refused(
                 503, "NotPrimary", f"node {forwarder.topology.node_id} is not the primary any more", retryable=True
             )
+        body = await _read_body(receive, limit, forwarder.security.body_timeout)
+        verifier.check(signature, "POST", path, body)
         remote = forwarder.registry.get(name)
         try:
             call = RPCCall.model_validate_json(body)

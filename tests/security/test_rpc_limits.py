@@ -15,7 +15,7 @@ from forwarder.rpc.signing import sign
 from forwarder.security import SecurityPolicy
 
 from ..unit.asgi import body_of, http_scope, status_of
-from .harness import SECRET, Ledger, ledger_registry, primary_node
+from .harness import SECRET, Ledger, ledger_registry, nodes, primary_node
 
 pytestmark = pytest.mark.anyio
 
@@ -111,3 +111,32 @@ async def test_a_real_primary_answers_an_unsigned_8mb_call_without_reading_it(re
     # Only the head is sent: an answer proves the server did not wait for the 8 MB.
     reply = await raw_exchange(real_cluster.primary.url, head, timeout=5)
     assert reply.status == 401 and b"missing Forwarder-Signature" in reply.body
+
+
+async def test_a_stalled_rpc_body_is_408_and_a_replica_refuses_before_reading() -> None:
+    ledger, primary, app = _primary(SecurityPolicy(body_timeout=0.1))
+    header = sign(SECRET.encode(), "POST", PATH, b"{}")
+    stalled: list[Message] = []
+
+    async def receive() -> Message:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: Message) -> None:
+        stalled.append(message)
+
+    async with primary:
+        with anyio.fail_after(5):
+            await app(http_scope("POST", PATH, [(b"forwarder-signature", header.encode())]), receive, send)
+    assert status_of(stalled) == 408 and b"FORWARDER_BODY_TIMEOUT" in body_of(stalled)
+    assert ledger.calls == []
+
+
+async def test_a_replica_refuses_rpc_before_reading_the_body() -> None:
+    async with nodes() as n:
+        header = sign(SECRET.encode(), "POST", PATH, b"{}")
+        sent, read = await _run(
+            n.replica_app, http_scope("POST", PATH, [(b"forwarder-signature", header.encode())]), [b"{}"]
+        )
+    assert status_of(sent) == 503 and read == 0 and b"not the primary" in body_of(sent)
+    assert n.nothing_happened()

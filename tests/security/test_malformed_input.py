@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import struct
+from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
+import httpx
 import pytest
 from starlette.types import Message
 from websockets.exceptions import ConnectionClosedError
@@ -15,7 +20,7 @@ from forwarder.middleware import websocket as relay
 
 from ..unit.asgi import body_of, call, http_scope, status_of
 from .harness import nodes
-from .wire import raw_exchange, request
+from .wire import address, raw_exchange, request
 
 pytestmark = pytest.mark.anyio
 
@@ -126,3 +131,68 @@ async def test_a_real_cluster_answers_malformed_requests_with_400(
     for url in (real_cluster.replicas[0].url, real_cluster.primary.url, real_cluster.edge_url):
         reply = await raw_exchange(url, request("POST", target, "x", *headers, body=b"0\r\n\r\n"))
         assert reply.status == 400, (url, reply)
+
+
+_HANDSHAKE = (
+    b"GET /live HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+async def _relayed_websocket(url: str) -> anyio.abc.SocketStream:
+    host, port = address(url)
+    stream = await anyio.connect_tcp(host, port)
+    await stream.send(_HANDSHAKE)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await stream.receive()
+    assert head.startswith(b"HTTP/1.1 101"), head  # accepted only once the primary accepted it
+    return stream
+
+
+def _log_text(cluster: Cluster, node_id: str) -> str:
+    return (cluster.logs_dir / f"{node_id}.log").read_text(errors="replace")
+
+
+def _connections_to(port: int) -> int:
+    """Established loopback TCP connections whose remote end is `port` (from /proc/net/tcp)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "01" and int(fields[2].split(":")[1], 16) == port:
+            count += 1
+    return count
+
+
+async def _relay_gone(port: int, baseline: int) -> None:
+    """Wait until the relay's own connection to the primary is closed again."""
+    while _connections_to(port) > baseline:
+        await anyio.sleep(0.05)
+
+
+@pytest.mark.e2e
+async def test_the_websocket_relay_survives_a_close_without_status_and_a_reset(real_cluster: Cluster) -> None:
+    replica = real_cluster.replicas[0]
+    primary_port = address(real_cluster.primary.url)[1]
+    baseline = _connections_to(primary_port)  # the replica's keep-alive pool to the primary
+    with anyio.fail_after(20):
+        # A close frame without a status code (masked, empty payload): the relay must not send 1005 on.
+        stream = await _relayed_websocket(replica.url)
+        await stream.send(b"\x88\x80\x00\x00\x00\x00")
+        try:
+            while await stream.receive():
+                pass
+        except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError):
+            pass
+        await stream.aclose()
+        await _relay_gone(primary_port, baseline)
+        # A reset mid-relay: the TCP connection dies without any close frame.
+        stream = await _relayed_websocket(replica.url)
+        raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await stream.aclose()
+        await _relay_gone(primary_port, baseline)
+    log = _log_text(real_cluster, replica.id)
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-3000:]
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(replica.url + "/_forwarder/health")).status_code == 200

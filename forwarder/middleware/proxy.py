@@ -27,7 +27,7 @@ logger = logging.getLogger("forwarder.middleware")
 
 
 # This node's server adds its own Date and Server; passing the primary's would duplicate them.
-_NOT_PASSED_BACK = h.HOP_BY_HOP | {b"date", b"server"}
+_NOT_PASSED_BACK = frozenset({b"date", b"server"})
 
 
 def unavailable(message: str, *, status: int = 503, retry_after: int | None = 1) -> PlainTextResponse:
@@ -162,7 +162,7 @@ async def _answer(
     start: Message = {
         "type": "http.response.start",
         "status": response.status_code,
-        "headers": [(k, v) for k, v in response.headers.raw if k.lower() not in _NOT_PASSED_BACK] + extra,
+        "headers": end_to_end(list(response.headers.raw), also=_NOT_PASSED_BACK) + extra,
     }
     await send(start)
     with talking_to_primary(what, str(client.base_url)):

@@ -100,3 +100,24 @@ async def test_260_stalled_uploads_do_not_block_a_legitimate_write(real_cluster:
     finally:
         for stream in stalled:
             await stream.aclose()
+
+
+async def test_a_streamed_body_that_stalls_midway_is_cut_off_with_408() -> None:
+    stalled = anyio.Event()  # never set
+    chunks = [b"0123456789abcdef"]  # past buffer_body: streamed to the primary, then nothing more
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        if chunks:
+            return {"type": "http.request", "body": chunks.pop(), "more_body": True}
+        await stalled.wait()
+        raise AssertionError("unreachable")
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async with nodes(security=SecurityPolicy(buffer_body=10, body_timeout=0.2)) as n:
+        with anyio.fail_after(5):
+            await n.replica_app(http_scope("POST", "/api/write"), receive, send)
+    assert status_of(sent) == 408 and b"FORWARDER_BODY_TIMEOUT" in body_of(sent)
+    assert len(n.sent) == 1 and not n.ledger.writes and n.ledger.log.head == 0  # it started, nothing ran

@@ -24,7 +24,9 @@ from .metrics import Metrics
 from .policy import RoutingPolicy
 from .rpc.client import RPCClient
 from .rpc.registry import Registry, RemoteFunction, default_registry
+from .rpc.seen import SeenCalls, seen_calls_for
 from .rpc.signing import SignatureVerifier
+from .security import SecurityPolicy
 from .settings import ForwarderSettings
 from .topology import Topology
 from .tracker import Tracker
@@ -78,6 +80,7 @@ class Forwarder:
         lag_probe_interval: float = 0.0,
         transport: httpx.AsyncBaseTransport | None = None,
         log_level: LogLevel | None = None,
+        security: SecurityPolicy | None = None,
     ) -> None:
         if topology.role is Role.REPLICA and not secret:
             raise ConfigurationError(
@@ -105,6 +108,10 @@ class Forwarder:
         self._transport = transport
         self._verifier = SignatureVerifier(self._secret, max_age=signature_max_age) if secret else None
         self.database = Database(database, is_primary=lambda: self.is_primary) if database else None
+        self.security = security or SecurityPolicy()
+        self.signature_max_age = signature_max_age
+        # RPC request ids already executed: in the replicated database, so restarts and failovers keep them.
+        self.seen_calls: SeenCalls = seen_calls_for(self.database)
         self._client: httpx.AsyncClient | None = None
         self._rpc: RPCClient | None = None
         self._retired: list[httpx.AsyncClient] = []  # pools to former primaries
@@ -156,6 +163,7 @@ class Forwarder:
             lag_probe_interval=settings.lag_probe_interval,
             transport=transport,
             log_level=settings.log_level,
+            security=settings.security_policy(),
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -229,6 +237,11 @@ class Forwarder:
     @property
     def is_primary(self) -> bool:
         return self.topology.is_primary
+
+    @property
+    def node_secret(self) -> bytes | None:
+        """The cluster secret that signs node headers and RPC calls (None when not set)."""
+        return self._secret or None
 
     @property
     def signature_verifier(self) -> SignatureVerifier:

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .exceptions import ConfigurationError
 from .policy import CookiePolicy, RoutingPolicy
+from .security import SecurityPolicy
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
@@ -99,6 +100,16 @@ class ForwarderSettings(BaseSettings):
     """Seconds between a replica's probes of the primary's txid (for lag); 0 turns probing off."""
     log_level: Literal["debug", "info", "warning", "error", "off"] = Field("info", validation_alias=_env("log_level"))
     """Level of forwarder's own log lines when the app has not configured logging; `off` keeps only errors."""
+    public_health: bool = Field(False, validation_alias=_env("public_health"))
+    """Serve `/_forwarder/health` to requests through the public proxy (metrics and RPC never are)."""
+    rpc_max_body: int = Field(1024 * 1024, ge=1, validation_alias=_env("rpc_max_body"))
+    """Bytes an RPC call's body may have; larger calls get 413 before anything runs."""
+    buffer_body: int = Field(64 * 1024, ge=0, validation_alias=_env("buffer_body"))
+    """Bytes of a forwarded body read in full before a connection to the primary is taken."""
+    body_timeout: float = Field(10.0, gt=0, validation_alias=_env("body_timeout"))
+    """Seconds a client may leave its request body idle before a forward is cut off with 408."""
+    max_streamed_uploads: int = Field(64, ge=1, validation_alias=_env("max_streamed_uploads"))
+    """Forwarded bodies larger than FORWARDER_BUFFER_BODY streamed to the primary at once (pool: 256)."""
 
     @field_validator("read_methods", "passthrough", "always_forward", mode="before")
     @classmethod
@@ -128,6 +139,16 @@ class ForwarderSettings(BaseSettings):
             ),
             replay_timeout=self.replay_timeout,
             replay_fallback=self.replay_fallback,
+        )
+
+    def security_policy(self) -> SecurityPolicy:
+        """The node's security limits from these settings."""
+        return SecurityPolicy(
+            public_health=self.public_health,
+            rpc_max_body=self.rpc_max_body,
+            buffer_body=self.buffer_body,
+            body_timeout=self.body_timeout,
+            max_streamed_uploads=self.max_streamed_uploads,
         )
 
     @model_validator(mode="after")

@@ -54,7 +54,9 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.typing import Subprotocol
 
 from .._http import node_client
+from ..middleware.guard import framing_problem, refuse
 from ..middleware.headers import HOP_BY_HOP
+from ..middleware.target import target_problem
 from .replay import (
     REPLAY_CONTENT_TYPE,
     Choice,
@@ -230,6 +232,13 @@ class Edge:
             await self.client.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            problem = target_problem(scope)  # the target rule and framing checks, as on every node
+            if problem is None and scope["type"] == "http":
+                problem = framing_problem(scope["headers"])
+            if problem is not None:
+                await refuse(scope, send, 400, f"edge: {problem}")
+                return
         if scope["type"] == "http":
             await self._http(scope, receive, send)
         elif scope["type"] == "websocket":

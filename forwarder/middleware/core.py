@@ -10,6 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import context
 from ..exceptions import ReplicationTimeout
+from ..logsafe import clean
 from ..policy import RoutingPolicy
 from ..runtime import Forwarder
 from ..txid import Txid
@@ -17,6 +18,7 @@ from . import headers as h
 from .classify import Kind, classify
 from .cookie import clear_cookie, read_cookie, set_cookie, txid_in, txid_token
 from .discovery import BodyRecorder, HeldErrorResponse, needs_primary
+from .guard import admit
 from .internal import serve_internal
 from .lifespan import run_lifespan
 from .proxy import forward_http, unavailable
@@ -65,6 +67,10 @@ class ForwarderMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        admitted = await admit(self.forwarder, scope, send)  # the target rule, framing, node headers
+        if admitted is None:
+            return
+        scope, send = admitted
         token = context._current.set(self.forwarder)
         try:
             if scope["type"] == "http":
@@ -184,7 +190,7 @@ class ForwarderMiddleware:
                 await held.release()
                 raise
             held.discard()
-            logger.info("%s %s needs the primary (%s); forwarding it", scope["method"], scope["path"], reason)
+            logger.info("%s %s needs the primary (%s); forwarding it", scope["method"], clean(scope["path"]), reason)
             await self._forward(scope, receive, send, reason, body=body)
             return
         if held.wrote:
@@ -235,7 +241,7 @@ class ForwarderMiddleware:
                 logger.info(
                     "replaying %s %s to the primary with fly-replay: %s (%s)",
                     scope["method"],
-                    scope["path"],
+                    clean(scope["path"]),
                     replay[0][1].decode(),
                     reason,
                 )
@@ -330,7 +336,7 @@ class ForwarderMiddleware:
         if replay is not None and supports_denial(scope):
             # Never accept (101) on the replica: the Fly proxy replays the handshake itself.
             forwarder.metrics.forwarded("replay", reason)
-            logger.info("replaying websocket %s to the primary (%s)", scope["path"], reason)
+            logger.info("replaying websocket %s to the primary (%s)", clean(scope["path"]), reason)
             await deny_websocket(
                 send, 409, [*replay, (h.NODE, forwarder.topology.node_id.encode()), (h.FORWARDED_VIA, b"replay")]
             )

@@ -9,8 +9,11 @@ from starlette.types import Message, Receive, Scope, Send
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from ..logsafe import clean
+from ..node_headers import CLIENT_HEADERS, PREFIX, end_to_end, sign_node_headers, with_forwarded_for
 from ..runtime import Forwarder
 from . import headers as h
+from .target import upstream_url
 
 __all__ = ["deny_websocket", "relay_websocket", "supports_denial"]
 
@@ -37,21 +40,28 @@ async def deny_websocket(send: Send, status: int, headers: list[tuple[bytes, byt
     await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
 
 
-def _upstream_url(forwarder: Forwarder, scope: Scope) -> str:
-    base = (forwarder.topology.primary_url or "").rstrip("/")
-    base = "ws" + base[len("http") :] if base.startswith("http") else base
-    path: bytes = scope.get("raw_path") or scope["path"].encode()
-    query: bytes = scope.get("query_string", b"")
-    return base + path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
-
-
 def _upstream_headers(forwarder: Forwarder, scope: Scope) -> list[tuple[str, str]]:
-    out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k.lower() not in _NOT_RELAYED]
+    out = [
+        (k, v)
+        for k, v in end_to_end(scope["headers"], also=_NOT_RELAYED)
+        if not k.lower().startswith(PREFIX) or k.lower() in CLIENT_HEADERS
+    ]
     client = scope.get("client")
-    if client:
-        out.append(("x-forwarded-for", client[0]))
-    out.append((h.FORWARDED_BY.decode(), forwarder.topology.node_id))
-    return out
+    out = with_forwarded_for(out, client[0] if client else None)
+    out.append((h.FORWARDED_BY, forwarder.topology.node_id.encode()))
+    secret = forwarder.node_secret
+    if secret:
+        out = sign_node_headers(secret, "GET", scope["path"], out)
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in out]
+
+
+def _sendable(code: object) -> int:
+    """A close code that may be sent in a close frame (RFC 6455 section 7.4); 1000 otherwise."""
+    if isinstance(code, int) and (
+        code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011) or 3000 <= code < 5000
+    ):
+        return code
+    return 1000
 
 
 async def relay_websocket(forwarder: Forwarder, scope: Scope, receive: Receive, send: Send) -> None:
@@ -59,7 +69,7 @@ async def relay_websocket(forwarder: Forwarder, scope: Scope, receive: Receive, 
     connect_message = await receive()
     if connect_message["type"] != "websocket.connect":
         return
-    url = _upstream_url(forwarder, scope)
+    url = upstream_url(forwarder.topology.primary_url or "", scope, websocket=True)
     try:
         upstream = await connect(
             url,
@@ -71,15 +81,15 @@ async def relay_websocket(forwarder: Forwarder, scope: Scope, receive: Receive, 
         )
     except InvalidStatus as exc:
         status = exc.response.status_code
-        logger.warning("primary refused the websocket %s with %d", scope["path"], status)
+        logger.warning("primary refused the websocket %s with %d", clean(scope["path"]), status)
         await _refuse(scope, send, status, f"the primary answered the websocket handshake with {status}")
         return
     except (OSError, TimeoutError, InvalidHandshake) as exc:
-        logger.warning("cannot open websocket %s on the primary at %s: %s", scope["path"], url, exc)
+        logger.warning("cannot open websocket %s on the primary at %s: %s", clean(scope["path"]), clean(url), exc)
         await _refuse(scope, send, 503, f"cannot reach the primary for this websocket: {exc}")
         return
     forwarder.metrics.forwarded("proxy", "websocket")
-    logger.info("relaying websocket %s to primary %s", scope["path"], forwarder.topology.primary_id)
+    logger.info("relaying websocket %s to primary %s", clean(scope["path"]), forwarder.topology.primary_id)
     async with upstream:
         await send(
             {
@@ -95,10 +105,22 @@ async def relay_websocket(forwarder: Forwarder, scope: Scope, receive: Receive, 
 
 
 async def _client_to_primary(receive: Receive, upstream: ClientConnection) -> None:
+    try:
+        await _copy_to_primary(receive, upstream)
+    except (ConnectionClosed, OSError) as exc:  # the client or the primary reset the connection
+        logger.info("websocket relay to the primary ended: %s", exc)
+        await upstream.close()
+
+
+async def _copy_to_primary(receive: Receive, upstream: ClientConnection) -> None:
     while True:
         message: Message = await receive()
         if message["type"] == "websocket.disconnect":
-            await upstream.close(code=message.get("code", 1000), reason=message.get("reason") or "")
+            # A close without a status code arrives as 1005, which must not be sent on: 1000 then.
+            reason = message.get("reason") or ""
+            await upstream.close(
+                code=_sendable(message.get("code", 1000)), reason=reason if isinstance(reason, str) else ""
+            )
             return
         if message["type"] == "websocket.receive":
             text = message.get("text")
@@ -115,9 +137,9 @@ async def _primary_to_client(upstream: ClientConnection, send: Send) -> None:
                 await send({"type": "websocket.send", "text": data})
             else:
                 await send({"type": "websocket.send", "bytes": data})
-    except ConnectionClosed:
+    except (ConnectionClosed, OSError):  # the primary reset the connection, or the client is gone
         pass
-    code = upstream.close_code or 1000
+    code = _sendable(upstream.close_code)
     try:
         await send({"type": "websocket.close", "code": code, "reason": upstream.close_reason or ""})
     except Exception:  # the client is already gone

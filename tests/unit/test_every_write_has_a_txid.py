@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from forwarder import Txid
 from forwarder.context import current_forwarder
+from forwarder.node_headers import seal_replay
 from forwarder.policy import RoutingPolicy
 
 from .asgi import body_of, call, headers_of, http_scope, status_of
@@ -64,12 +65,20 @@ async def test_a_replayed_late_write_is_a_write_on_the_primary() -> None:
     ref: list[Nodes] = []
     async with two_nodes(lambda: counter(ref)) as nodes:
         ref.append(nodes)
-        replayed = (b"fly-replay-src", b"instance=node-r;region=ams;t=1;state=readonly")
-        sent = await call(nodes.primary_app, http_scope("GET", "/visit", [replayed]))
-        lag_read = (b"fly-replay-src", b"instance=node-r;region=ams;t=1;state=lag")
-        read = await call(nodes.primary_app, http_scope("GET", "/r", [lag_read]))
+        secret = nodes.primary.node_secret
+
+        def replayed(state: bytes, path: str) -> tuple[bytes, bytes]:
+            # What the Fly proxy sends back: the replica's sealed state, as it answered.
+            sealed = seal_replay(secret, b"instance=node-p;state=" + state, "GET", path).split(b";state=")[1]
+            return (b"fly-replay-src", b"instance=node-r;region=ams;t=1;state=" + sealed)
+
+        sent = await call(nodes.primary_app, http_scope("GET", "/visit", [replayed(b"readonly", "/visit")]))
+        read = await call(nodes.primary_app, http_scope("GET", "/r", [replayed(b"lag", "/r")]))
+        forged = (b"fly-replay-src", b"instance=node-r;region=ams;t=1;state=readonly")
+        unsigned = await call(nodes.primary_app, http_scope("GET", "/r", [forged]))
     assert headers_of(sent)["forwarder-txid"] == ["0000000000000001"]
     assert "forwarder-txid" not in headers_of(read) and "set-cookie" not in headers_of(read)
+    assert "forwarder-txid" not in headers_of(unsigned), "a client's own fly-replay-src made a read a write"
 
 
 async def test_a_read_forwarded_for_lag_is_not_made_a_write() -> None:

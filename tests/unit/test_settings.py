@@ -80,3 +80,17 @@ def test_from_settings_with_an_engine_given() -> None:
     forwarder = Forwarder.from_settings(engine=MemoryEngine(MemoryLog(), Role.PRIMARY))
     assert forwarder.is_primary and forwarder.topology.primary_id == "n1"
     assert forwarder.topology.replay_target() == "instance=n1"
+
+
+def test_security_settings_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from forwarder.security import SecurityPolicy
+
+    assert ForwarderSettings.load().security_policy() == SecurityPolicy()
+    monkeypatch.setenv("FORWARDER_PUBLIC_HEALTH", "true")
+    monkeypatch.setenv("FORWARDER_RPC_MAX_BODY", "2048")
+    monkeypatch.setenv("FORWARDER_BUFFER_BODY", "1024")
+    monkeypatch.setenv("FORWARDER_BODY_TIMEOUT", "2.5")
+    monkeypatch.setenv("FORWARDER_MAX_STREAMED_UPLOADS", "8")
+    assert ForwarderSettings.load().security_policy() == SecurityPolicy(
+        public_health=True, rpc_max_body=2048, buffer_body=1024, body_timeout=2.5, max_streamed_uploads=8
+    )

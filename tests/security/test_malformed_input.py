@@ -1,0 +1,198 @@
+"""Finding 9: malformed input gets a 4xx that says what was wrong, never a 500."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import httpx
+import pytest
+from starlette.types import Message
+from websockets.exceptions import ConnectionClosedError
+
+from forwarder.dev import Cluster
+from forwarder.dev.edge import Edge, EdgeNode
+from forwarder.middleware import websocket as relay
+
+from ..unit.asgi import body_of, call, http_scope, status_of
+from .harness import nodes
+from .wire import address, raw_exchange, request
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize(
+    ("headers", "says"),
+    [
+        ([(b"transfer-encoding", b"chunked"), (b"content-length", b"3")], b"both Transfer-Encoding and Content-Length"),
+        ([(b"content-length", b"3"), (b"content-length", b"4")], b"conflicting Content-Length"),
+        ([(b"content-length", b"3, 4")], b"conflicting Content-Length"),
+        ([(b"content-length", b"-1")], b"not a number"),
+    ],
+)
+@pytest.mark.parametrize("node", ["primary", "replica"])
+async def test_bad_framing_is_400(headers: list[tuple[bytes, bytes]], says: bytes, node: str) -> None:
+    async with nodes() as n:
+        with anyio.fail_after(5):
+            sent = await call(
+                n.primary_app if node == "primary" else n.replica_app, http_scope("POST", "/api/write", headers), b"abc"
+            )
+    assert status_of(sent) == 400 and says in body_of(sent)
+    assert n.nothing_happened()
+
+
+async def test_an_absolute_form_target_at_the_edge_is_400_without_contacting_a_node() -> None:
+    edge = Edge([EdgeNode("n1", "fra", "http://127.0.0.1:9")])
+    try:
+        for raw in (b"http://127.0.0.1:1/x", b"@127.0.0.1:1/x", b"//:x"):
+            scope = http_scope("POST", raw.decode())
+            scope["raw_path"] = raw
+            with anyio.fail_after(5):
+                sent = await call(edge, scope, b"x")
+            assert status_of(sent) == 400 and body_of(sent).startswith(b"edge: ")
+    finally:
+        await edge.aclose()
+
+
+class _Upstream:
+    """Stands in for the websocket to the primary."""
+
+    def __init__(self, *, fail: BaseException | None = None) -> None:
+        self.closed_with: list[int] = []
+        self.fail = fail
+        self.close_code: int | None = 1006
+        self.close_reason = ""
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if not 1000 <= code < 5000 or code in (1005, 1006):
+            raise ValueError(f"invalid close code {code}")  # what websockets does
+        self.closed_with.append(code)
+
+    async def send(self, data: Any) -> None:
+        if self.fail is not None:
+            raise self.fail
+
+    def __aiter__(self) -> _Upstream:
+        return self
+
+    async def __anext__(self) -> str:
+        raise ConnectionClosedError(None, None)  # the primary reset the connection
+
+
+@pytest.mark.parametrize("code", [1005, 1006, None, 999, 5000, "x"])
+async def test_a_client_closing_without_a_status_code_closes_the_primary_side_cleanly(code: object) -> None:
+    upstream = _Upstream()
+
+    async def receive() -> Message:
+        return {"type": "websocket.disconnect", "code": code}
+
+    with anyio.fail_after(5):
+        await relay._client_to_primary(receive, upstream)  # type: ignore[arg-type]
+    assert upstream.closed_with == [1000]
+
+
+async def test_a_reset_mid_relay_ends_the_relay_without_an_error() -> None:
+    upstream = _Upstream(fail=ConnectionResetError("reset by peer"))
+    messages = iter([{"type": "websocket.receive", "text": "hi"}])
+
+    async def receive() -> Message:
+        return next(messages)
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        raise OSError("client gone")
+
+    with anyio.fail_after(5):
+        await relay._client_to_primary(receive, upstream)  # type: ignore[arg-type]
+        await relay._primary_to_client(upstream, send)  # type: ignore[arg-type]
+    assert upstream.closed_with == [1000]
+    assert sent == [{"type": "websocket.close", "code": 1000, "reason": ""}]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("target", "headers"),
+    [
+        ("/api/messages", ("Transfer-Encoding: chunked", "Content-Length: 4")),
+        ("//:x", ()),
+        ("http://127.0.0.1:1/api/messages", ()),
+    ],
+)
+async def test_a_real_cluster_answers_malformed_requests_with_400(
+    real_cluster: Cluster, target: str, headers: tuple[str, ...]
+) -> None:
+    assert real_cluster.edge_url is not None
+    for url in (real_cluster.replicas[0].url, real_cluster.primary.url, real_cluster.edge_url):
+        reply = await raw_exchange(url, request("POST", target, "x", *headers, body=b"0\r\n\r\n"))
+        assert reply.status == 400, (url, reply)
+
+
+_HANDSHAKE = (
+    b"GET /live HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+async def _relayed_websocket(url: str) -> anyio.abc.SocketStream:
+    host, port = address(url)
+    stream = await anyio.connect_tcp(host, port)
+    await stream.send(_HANDSHAKE)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await stream.receive()
+    assert head.startswith(b"HTTP/1.1 101"), head  # accepted only once the primary accepted it
+    return stream
+
+
+def _log_text(cluster: Cluster, node_id: str) -> str:
+    return (cluster.logs_dir / f"{node_id}.log").read_text(errors="replace")
+
+
+def _connections_to(port: int) -> int:
+    """Established loopback TCP connections whose remote end is `port` (from /proc/net/tcp)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "01" and int(fields[2].split(":")[1], 16) == port:
+            count += 1
+    return count
+
+
+async def _relay_gone(port: int, baseline: int) -> None:
+    """Wait until the relay's own connection to the primary is closed again."""
+    while _connections_to(port) > baseline:
+        await anyio.sleep(0.05)
+
+
+@pytest.mark.e2e
+async def test_the_websocket_relay_survives_a_close_without_status_and_a_reset(real_cluster: Cluster) -> None:
+    replica = real_cluster.replicas[0]
+    primary_port = address(real_cluster.primary.url)[1]
+    baseline = _connections_to(primary_port)  # the replica's keep-alive pool to the primary
+    with anyio.fail_after(20):
+        # A close frame without a status code (masked, empty payload): the relay must not send 1005 on.
+        stream = await _relayed_websocket(replica.url)
+        await stream.send(b"\x88\x80\x00\x00\x00\x00")
+        try:
+            while await stream.receive():
+                pass
+        except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError):
+            pass
+        await stream.aclose()
+        await _relay_gone(primary_port, baseline)
+        # A reset mid-relay: the TCP connection dies without any close frame.
+        stream = await _relayed_websocket(replica.url)
+        raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await stream.aclose()
+        await _relay_gone(primary_port, baseline)
+    log = _log_text(real_cluster, replica.id)
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-3000:]
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(replica.url + "/_forwarder/health")).status_code == 200

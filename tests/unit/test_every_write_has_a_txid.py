@@ -66,6 +66,7 @@ async def test_a_replayed_late_write_is_a_write_on_the_primary() -> None:
     async with two_nodes(lambda: counter(ref)) as nodes:
         ref.append(nodes)
         secret = nodes.primary.node_secret
+        assert secret is not None
 
         def replayed(state: bytes, path: str) -> tuple[bytes, bytes]:
             # What the Fly proxy sends back: the replica's sealed state, as it answered.

@@ -27,7 +27,7 @@ __all__ = ["LocalS3Server"]
 READY_DEADLINE = 30.0
 """Seconds moto_server gets to answer HTTP on its port."""
 
-_REQUEST = re.compile(r'"(GET|PUT|POST|DELETE|HEAD) /([^/?\s"]+)')
+_REQUEST = re.compile(r'"(GET|PUT|POST|DELETE|HEAD) /([^/?\s"]+)(\S*)')
 
 
 class LocalS3Server:
@@ -121,7 +121,8 @@ class LocalS3Server:
         )
 
     def request_counts(self, bucket: str | None = None) -> Counter[str]:
-        """Requests the server has logged so far, by method (only those on `bucket` if given)."""
+        """Requests the server has logged so far, by method, a listing counted as LIST, not GET
+        (only those on `bucket` if given)."""
         counts: Counter[str] = Counter()
         try:
             text = self.log_path.read_text(errors="replace")
@@ -129,7 +130,8 @@ class LocalS3Server:
             return counts
         for match in _REQUEST.finditer(text):
             if bucket is None or match.group(2) == bucket:
-                counts[match.group(1)] += 1
+                listing = match.group(1) == "GET" and "list-type=" in match.group(3)
+                counts["LIST" if listing else match.group(1)] += 1
         return counts
 
 

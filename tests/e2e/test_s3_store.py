@@ -30,7 +30,8 @@ async def test_a_post_to_a_replica_returns_only_once_that_replica_holds_it_throu
     ) as cluster:
         assert cluster.intervals == S3_INTERVALS
         # Every Litestream process of the cluster runs against the bucket with the one environment.
-        processes = [cluster.replicator.process] + [n.follower.process for n in cluster.replicas if n.follower]
+        processes = [cluster.replicator.process]
+        processes += [n.follower.process for n in cluster.replicas if n.follower and n.follower.process]
         assert len(processes) == 3
         for process in processes:
             assert process.env == litestream_environ(store)

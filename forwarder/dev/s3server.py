@@ -27,7 +27,8 @@ __all__ = ["LocalS3Server"]
 READY_DEADLINE = 30.0
 """Seconds moto_server gets to answer HTTP on its port."""
 
-_REQUEST = re.compile(r'"(GET|PUT|POST|DELETE|HEAD) /([^/?\s"]+)(\S*)')
+# werkzeug colours the lines of non-200 answers (206 for a ranged GET) with ANSI escapes.
+_REQUEST = re.compile(r'"(?:\x1b\[[0-9;]*m)*(GET|PUT|POST|DELETE|HEAD) /([^/?\s"]+)(\S*)')
 
 
 class LocalS3Server:

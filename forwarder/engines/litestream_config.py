@@ -100,8 +100,8 @@ def replicate_config(database: Path, store: Store | Path, socket_path: Path, int
     if isinstance(store, Path):
         store = FileStore(store)
     intervals = intervals or recommended_intervals(store)
-    replica = {**store.replica_fields(), "sync-interval": go_duration(intervals.sync)}
-    replica_lines = "".join(f"      {key}: {_yaml(value)}\n" for key, value in replica.items())
+    replica_lines = "".join(f"      {key}: {_yaml(value)}\n" for key, value in store.replica_fields().items())
+    replica_lines += f"      sync-interval: {go_duration(intervals.sync)}\n"
     return f"""\
 l0-retention: 15s
 l0-retention-check-interval: 5s

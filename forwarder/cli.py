@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .exceptions import ForwarderError
+from .store import FileStore, Store, parse_store
 
 if TYPE_CHECKING:
     from .dev import Cluster
@@ -66,6 +68,26 @@ def _parser() -> argparse.ArgumentParser:
         help="simulated latency from the edge to a region's nodes, e.g. --latency ams=80ms (repeatable)",
     )
     dev.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help="where Litestream replicates to: file:///dir (default: <data-dir>/replica), "
+        "s3://<bucket>/<path>?endpoint=http://host:port&region=... (credentials from AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY), or s3 alone to start a local S3 server (moto) on loopback for the run",
+    )
+    dev.add_argument(
+        "--sync-interval",
+        default=None,
+        metavar="DURATION",
+        help="how often replicate ships commits to the store (default: 10ms for file, 100ms for s3)",
+    )
+    dev.add_argument(
+        "--follow-interval",
+        default=None,
+        metavar="DURATION",
+        help="how often each follower polls the store (default: 10ms for file, 250ms for s3)",
+    )
+    dev.add_argument(
         "--env",
         action="append",
         default=[],
@@ -76,8 +98,30 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _dev(args: argparse.Namespace) -> int:
+    async with contextlib.AsyncExitStack() as stack:
+        store = await _store(args, stack)
+        return await _run_cluster(args, store)
+
+
+async def _store(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> Store | None:
+    """The store `--store` names; for `s3` alone, a local S3 server started for this run (stopped by `stack`)."""
+    if args.store is None:
+        return None
+    if args.store != "s3":
+        return parse_store(args.store)
+    from .dev.s3server import LocalS3Server
+
+    server = LocalS3Server(log_path=args.data_dir.absolute() / "logs" / "moto.log")
+    await server.start()
+    stack.push_async_callback(server.stop)
+    print(f"Local S3 server (moto): {server.endpoint}, bucket forwarder-dev", flush=True)
+    return await server.store("forwarder-dev", "app.db")
+
+
+async def _run_cluster(args: argparse.Namespace, store: Store | None) -> int:
     from .dev import Cluster
-    from .dev.replay import parse_latency
+    from .dev.replay import parse_duration, parse_latency
+    from .engines.litestream_config import Intervals, recommended_intervals
 
     env = {}
     for item in args.env:
@@ -85,6 +129,14 @@ async def _dev(args: argparse.Namespace) -> int:
         if not sep or not name:
             raise ValueError(f"--env takes NAME=VALUE, got {item!r}")
         env[name] = value
+    intervals = None
+    if args.sync_interval or args.follow_interval:
+        default = recommended_intervals(store or FileStore(args.data_dir / "replica"))
+        intervals = Intervals(
+            monitor=default.monitor,
+            sync=parse_duration(args.sync_interval) if args.sync_interval else default.sync,
+            follow=parse_duration(args.follow_interval) if args.follow_interval else default.follow,
+        )
     cluster = Cluster(
         app=args.app,
         data_dir=args.data_dir,
@@ -97,6 +149,8 @@ async def _dev(args: argparse.Namespace) -> int:
         edge=not args.no_edge,
         edge_port=args.edge_port,
         latency=parse_latency(args.latency),
+        store=store,
+        intervals=intervals,
     )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -130,7 +184,8 @@ def _print_table(cluster: Cluster) -> None:
         for node in cluster.nodes:
             print(f"  {node.region} ({node.role}): {cluster.edge_url}/?_region={node.region}")
         print("  (or send the header fly-prefer-region: <region>)")
-    print(f"\nData in {cluster.data_dir}, logs in {cluster.logs_dir}, state in {cluster.data_dir / 'cluster.json'}")
+    print(f"\nReplicated through the {cluster.store.describe()}")
+    print(f"Data in {cluster.data_dir}, logs in {cluster.logs_dir}, state in {cluster.data_dir / 'cluster.json'}")
     print("Press Ctrl-C to stop.", flush=True)
 
 

@@ -11,12 +11,21 @@ from contextlib import closing
 from pathlib import Path
 
 from ..engines.base import Role
-from ..engines.litestream import LitestreamEngine, litestream_binary, replicate_config
+from ..engines.litestream import LitestreamEngine
+from ..engines.litestream_config import (
+    Intervals,
+    litestream_environ,
+    recommended_intervals,
+    replicate_argv,
+    replicate_config,
+    restore_argv,
+)
 from ..exceptions import EngineError, InvalidTxid
+from ..store import FileStore, Store
 from ..txid import Txid
 from .processes import ClusterError, ManagedProcess
 
-__all__ = ["Follower", "Replicator", "read_txid_file"]
+__all__ = ["Follower", "Replicator", "as_store", "read_txid_file"]
 
 SOCKET_DEADLINE = 10.0
 """Seconds `litestream replicate` gets to open its control socket."""
@@ -29,6 +38,11 @@ _NO_BACKUP_YET = "no matching backup files available"
 _FOLLOWER_FILES = ("", "-txid", "-txid.tmp", "-wal", "-shm", "-journal")
 
 
+def as_store(store: Store | Path) -> Store:
+    """`store` itself, or a `file` store for a plain directory."""
+    return FileStore(store) if isinstance(store, Path) else store
+
+
 def read_txid_file(path: Path) -> Txid | None:
     """The txid in a follower's `-txid` file; None if it is missing or unreadable."""
     try:
@@ -38,18 +52,28 @@ def read_txid_file(path: Path) -> Txid | None:
 
 
 class Replicator:
-    """`litestream replicate` of the primary's database into a shared `file` replica directory."""
+    """`litestream replicate` of the primary's database into `store` (a directory or an S3 bucket)."""
 
-    def __init__(self, database: Path, replica_dir: Path, socket_path: Path, *, log_path: Path) -> None:
+    def __init__(
+        self,
+        database: Path,
+        store: Store | Path,
+        socket_path: Path,
+        *,
+        log_path: Path,
+        intervals: Intervals | None = None,
+    ) -> None:
         self.database = database.absolute()
-        self.replica_dir = replica_dir.absolute()
+        self.store = as_store(store)
+        self.intervals = intervals or recommended_intervals(self.store)
         self.socket_path = socket_path.absolute()
         self.config_path = self.database.parent / "litestream.yml"
         self.engine = LitestreamEngine(self.database, Role.PRIMARY, socket_path=self.socket_path)
         self.process = ManagedProcess(
             "litestream replicate",
-            [litestream_binary(), "replicate", "-config", str(self.config_path)],
+            replicate_argv(self.config_path),
             log_path=log_path,
+            env=litestream_environ(self.store),
         )
 
     async def start(self) -> None:
@@ -69,11 +93,15 @@ class Replicator:
                 "`litestream replicate` of a killed one) uses this data directory; stop it or pick another --data-dir"
             )
         self.database.parent.mkdir(parents=True, exist_ok=True)
-        self.replica_dir.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.store, FileStore):
+            self.store.path.mkdir(parents=True, exist_ok=True)
         with closing(sqlite3.connect(self.database)) as db:  # Litestream only replicates WAL-mode databases
             db.execute("PRAGMA journal_mode=WAL")
         self.socket_path.unlink(missing_ok=True)  # a stale socket of a killed run
-        self.config_path.write_text(replicate_config(self.database, self.replica_dir, self.socket_path))
+        # The config may hold the store's secret key: readable by this user only.
+        self.config_path.unlink(missing_ok=True)
+        self.config_path.touch(mode=0o600)
+        self.config_path.write_text(replicate_config(self.database, self.store, self.socket_path, self.intervals))
         await self.process.start()
         deadline = time.monotonic() + SOCKET_DEADLINE
         while True:
@@ -106,16 +134,19 @@ class Replicator:
 
 
 class Follower:
-    """`litestream restore -f` of the replica directory into one replica node's database file.
+    """`litestream restore -f` of `store` (a directory or an S3 bucket) into one replica node's database file.
 
     Litestream 0.5.17 cannot resume a follower (reference pitfall 3), so every start wipes the
     node's files and restores from scratch.
     """
 
-    def __init__(self, name: str, database: Path, replica_dir: Path, *, log_path: Path) -> None:
+    def __init__(
+        self, name: str, database: Path, store: Store | Path, *, log_path: Path, intervals: Intervals | None = None
+    ) -> None:
         self.name = name
         self.database = database.absolute()
-        self.replica_dir = replica_dir.absolute()
+        self.store = as_store(store)
+        self.intervals = intervals or recommended_intervals(self.store)
         self.txid_path = self.database.with_name(self.database.name + "-txid")
         self.log_path = log_path
         self.process: ManagedProcess | None = None
@@ -149,17 +180,9 @@ class Follower:
             self.paused = False
             self.process = process = ManagedProcess(
                 f"{self.name} litestream restore -f",
-                [
-                    litestream_binary(),
-                    "restore",
-                    "-f",
-                    "-follow-interval",
-                    "10ms",
-                    "-o",
-                    str(self.database),
-                    f"file://{self.replica_dir}",
-                ],
+                restore_argv(self.database, self.store, self.intervals),
                 log_path=self.log_path,
+                env=litestream_environ(self.store),
             )
             await process.start()
             while process.running and not self.txid_path.exists() and time.monotonic() < deadline:

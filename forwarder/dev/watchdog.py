@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..engines.follower_guard import FollowerGuard
 from ..exceptions import EngineError
+from ..txid import Txid
 from .processes import ClusterError
 
 if TYPE_CHECKING:
@@ -23,7 +24,8 @@ logger = logging.getLogger("forwarder.dev.cluster")
 WATCHDOG_INTERVAL = 0.25
 """Seconds between the watchdog's looks at every follower."""
 STALL_LIMIT = 5.0
-"""Seconds a follower may stay behind the primary before the watchdog restores it again (pitfall 4)."""
+"""Seconds a follower may stay behind the primary without advancing before the watchdog restores it again
+(pitfall 4)."""
 
 
 class Watchdog:
@@ -37,6 +39,7 @@ class Watchdog:
         """Restore again any follower that died or stopped advancing (Litestream issue #1515, pitfall 4),
         and any replica file something other than its follower wrote to (the app on a writable URL)."""
         behind_since: dict[str, float] = {}
+        self._last_position: dict[str, Txid | None] = {}
         guards = {node.id: FollowerGuard(node.database) for node in self.nodes}
         for guard in guards.values():
             guard.start()
@@ -64,6 +67,11 @@ class Watchdog:
                 continue
             reason = None
             position = follower.position()
+            # A follower that advanced since the last look is catching up, not stalled: with a slow
+            # store (s3, a 250 ms follow interval) one under steady writes is behind at every look.
+            if position != self._last_position.get(node.id):
+                self._last_position[node.id] = position
+                behind_since.pop(node.id, None)
             if guard.problem is not None:
                 reason = "its database file was written by something other than its follower"
             elif not follower.running:

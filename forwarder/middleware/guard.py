@@ -16,7 +16,7 @@ import logging
 from starlette.types import Message, Scope, Send
 
 from ..logsafe import clean
-from ..node_headers import opened_replay_source, seal_replay, verified_headers
+from ..node_headers import NODE_SIGNATURE, opened_replay_source, seal_replay, verified_headers
 from ..runtime import Forwarder
 from .classify import INTERNAL_PREFIX
 from .replay import came_through_fly_proxy
@@ -78,6 +78,12 @@ async def admit(forwarder: Forwarder, scope: Scope, send: Send) -> tuple[Scope, 
         forwarder.node_secret, method, scope["path"], scope["headers"], max_age=forwarder.signature_max_age
     )
     if dropped:
+        if forwarder.node_secret is None and any(k == NODE_SIGNATURE for k, _ in scope["headers"]):
+            # A replica signed them, but this node cannot check: forwarded reads lose their reason.
+            logger.warning(
+                "a forwarded request arrived signed, but this node has no FORWARDER_SECRET to check it; "
+                "set the same FORWARDER_SECRET on every node"
+            )
         logger.info(
             "ignored node headers no node signed (%s) on %s %s",
             clean(b", ".join(dropped)),

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from forwarder import Txid
+from forwarder import Forwarder, ForwarderMiddleware, MemoryEngine, MemoryLog, Role, Topology, Txid
 from forwarder.context import current_forwarder
 from forwarder.node_headers import seal_replay
 from forwarder.policy import RoutingPolicy
@@ -143,3 +143,19 @@ async def test_primary_health_reports_the_engines_position_with_writes_outside_r
         sent = await call(nodes.primary_app, http_scope("GET", "/_forwarder/health"))
     assert json.loads(body_of(sent))["txid"] == "0000000000000004"
     assert nodes.primary.tracker.position == 4
+
+
+async def test_a_primary_without_the_secret_says_so_when_signed_requests_arrive(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    primary = Forwarder(
+        engine=MemoryEngine(MemoryLog(), Role.PRIMARY), topology=Topology("node-p", "fra", Role.PRIMARY)
+    )
+    app = ForwarderMiddleware(
+        Starlette(routes=[Route("/r", lambda request: PlainTextResponse("ok"))]), forwarder=primary
+    )
+    signed = [(b"forwarder-reason", b"readonly"), (b"forwarder-node-signature", b"t=1,v1=00")]
+    async with primary:
+        with caplog.at_level("WARNING", logger="forwarder.middleware"):
+            await call(app, http_scope("GET", "/r", signed))
+    assert "has no FORWARDER_SECRET" in caplog.text

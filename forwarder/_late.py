@@ -25,9 +25,10 @@ _KEY = "forwarder.needs_primary"
 
 def note(scope: MutableMapping[str, Any] | None, exc: BaseException) -> bool:
     """Remember `exc` for `RaiseNoted` if it means "run this on the primary"; whether it did."""
-    if scope is None or scope.get("type") != "http" or needs_primary(exc) is None:
+    holder = scope.get(_KEY) if scope is not None else None
+    if not isinstance(holder, list) or needs_primary(exc) is None:
         return False
-    scope.setdefault(_KEY, exc)
+    holder.append(exc)
     return True
 
 
@@ -38,7 +39,16 @@ class RaiseNoted:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app(scope, receive, send)
-        exc = scope.pop(_KEY, None) if scope["type"] == "http" else None
-        if isinstance(exc, BaseException):
-            raise exc
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # A list, not the exception itself: frameworks hand their views copies of the scope
+        # (Datasette's router does), and every copy shares this one list.
+        noted: list[BaseException] = []
+        scope[_KEY] = noted
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            scope.pop(_KEY, None)
+        if noted:
+            raise noted[0]

@@ -206,3 +206,24 @@ def handle_exception(datasette: Any, request: Any, exception: BaseException) -> 
     """A view hit the read-only error on a replica: note it, so the request is forwarded, not answered 500."""
     if _active() and request is not None:
         note(request.scope, exception)
+
+
+class _Served:
+    """`forwarder.datasette:app`: Datasette over `FORWARDER_DATABASE`, as `datasette serve` runs it.
+
+    For `forwarder dev --datasette` (and `uvicorn forwarder.datasette:app`). Built on its first
+    ASGI call: this module is also the plugin, imported while Datasette loads its plugins.
+    """
+
+    def __init__(self) -> None:
+        self._app: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self._app is None:
+            from datasette.app import Datasette
+
+            self._app = Datasette([], secret=cluster_secret()).app()
+        await self._app(scope, receive, send)
+
+
+app = _Served()

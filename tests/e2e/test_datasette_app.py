@@ -127,13 +127,17 @@ async def test_the_json_write_api_with_a_token_and_no_cookies_is_read_back_on_bo
     async with cookieless(one.url) as api, cookieless(one.url) as same, cookieless(other.url) as far:
         with anyio.fail_after(110):
             for i in range(50):
-                created = ok(await api.post("/app/notes/-/insert", json={"row": {"body": f"api {i}"}}, headers=bearer), 201)
+                created = ok(
+                    await api.post("/app/notes/-/insert", json={"row": {"body": f"api {i}"}}, headers=bearer), 201
+                )
                 row = created.json()["rows"][0]
                 proof = {"forwarder-txid": token(created)}
                 for name, reader in ((one.id, same), (other.id, far)):
                     reads.check((await notes(reader, proof)).get(row["id"]) == f"api {i}", f"insert {i} on {name}")
                 updated = ok(
-                    await api.post(f"/app/notes/{row['id']}/-/update", json={"update": {"body": f"api {i} v2"}}, headers=bearer)
+                    await api.post(
+                        f"/app/notes/{row['id']}/-/update", json={"update": {"body": f"api {i} v2"}}, headers=bearer
+                    )
                 )
                 proof = {"forwarder-txid": token(updated)}
                 for name, reader in ((one.id, same), (other.id, far)):
@@ -215,7 +219,9 @@ async def test_datasette_serve_on_a_replica_with_only_the_forwarder_environment(
                         await anyio.sleep(0.1)
                     # A token signed by the cluster app's secret is good here: the same derived secret.
                     bearer = {"authorization": f"Bearer {await api_token(cluster)}"}
-                    created = ok(await client.post("/app/notes/-/insert", json={"row": {"body": "served"}}, headers=bearer), 201)
+                    created = ok(
+                        await client.post("/app/notes/-/insert", json={"row": {"body": "served"}}, headers=bearer), 201
+                    )
                     assert created.headers["forwarder-node"] == cluster.primary.id
                     listed = await notes(client, {"forwarder-txid": token(created)})
                     assert "served" in listed.values()

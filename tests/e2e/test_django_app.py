@@ -67,7 +67,9 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Clu
         os.environ.update(env_user)
         try:
             made = await anyio.to_thread.run_sync(
-                lambda: manage(running, 0, "createsuperuser", "--no-input", "--username", "admin", "--email", "admin@example.com")
+                lambda: manage(
+                    running, 0, "createsuperuser", "--no-input", "--username", "admin", "--email", "admin@example.com"
+                )
             )
         finally:
             os.environ.pop("DJANGO_SUPERUSER_PASSWORD", None)

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 from datasette.app import Datasette
 
-from forwarder import Forwarder, ForwarderMiddleware, MemoryEngine, MemoryLog, Role, Topology
-from forwarder import datasette as plugin
+from forwarder import Forwarder, ForwarderMiddleware, MemoryEngine, MemoryLog, Role, Topology, datasette as plugin
 from forwarder._late import RaiseNoted
 from forwarder.datasette import ForwarderDatabase, cluster_secret
 from forwarder.middleware.discovery import needs_primary

@@ -62,7 +62,8 @@ def test_on_a_replica_the_connection_is_read_only_and_a_write_means_forward(back
     replica, _ = node(Role.REPLICA)
     with replica.activate():
         params = backend.get_connection_params()
-        assert params["database"] == f"file:{Path(backend.settings_dict['NAME']).as_posix().replace(' ', '%20')}?mode=ro"
+        name = Path(backend.settings_dict["NAME"]).as_posix().replace(" ", "%20")
+        assert params["database"] == f"file:{name}?mode=ro"
         assert params["uri"] is True
         with pytest.raises(OperationalError, match="readonly") as caught:
             insert(backend)
@@ -160,4 +161,3 @@ async def test_a_noted_read_only_error_is_raised_to_the_middleware() -> None:
     with pytest.raises(sqlite3.OperationalError):
         await RaiseNoted(app)({"type": "http"}, None, None)  # type: ignore[arg-type]
     assert not note({"type": "http"}, error)  # no RaiseNoted layer: nothing to note into
-

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from datasette import Response, hookimpl
+from datasette import Response
 
 from forwarder.connections import configured_role
+from forwarder.datasette import hookimpl
 from forwarder.engines.base import Role
 
 
-@hookimpl  # type: ignore[misc]
+@hookimpl
 def startup(datasette: Any) -> Any:
     async def create_table() -> None:
         if configured_role() is Role.PRIMARY:
@@ -35,6 +36,6 @@ async def visit(datasette: Any, request: Any) -> Response:
     return Response.json({"slug": slug, "hits": hits})
 
 
-@hookimpl  # type: ignore[misc]
+@hookimpl
 def register_routes() -> list[tuple[str, Any]]:
     return [(r"^/-/visit/(?P<slug>[a-z0-9-]+)$", visit)]

@@ -4,6 +4,6 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bookshop.settings")
 
-from forwarder.django import get_asgi_application  # noqa: E402
+from forwarder.django import get_asgi_application
 
 application = get_asgi_application()

@@ -13,10 +13,10 @@ class Book(models.Model):
         ordering = ["id"]
 
     def __str__(self) -> str:
-        return self.title
+        return str(self.title)
 
     def get_absolute_url(self) -> str:
-        return reverse("book-detail", kwargs={"pk": self.pk})
+        return str(reverse("book-detail", kwargs={"pk": self.pk}))
 
 
 class Page(models.Model):

@@ -30,7 +30,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Run an ASGI app as a primary and N read replicas on loopback, each its own uvicorn process "
         "with its own replicated SQLite database (Litestream replicate + restore -f). Ctrl-C stops everything.",
     )
-    dev.add_argument("app", help='the ASGI app as "module:attribute", like uvicorn takes it')
+    dev.add_argument("app", nargs="?", help='the ASGI app as "module:attribute", like uvicorn takes it')
+    dev.add_argument(
+        "--datasette",
+        action="store_true",
+        help="serve Datasette on every node (the cluster's admin UI), instead of an app; needs forwarder[datasette]",
+    )
     dev.add_argument("--replicas", type=int, default=2, help="number of read replicas (default: 2)")
     dev.add_argument(
         "--data-dir",
@@ -123,6 +128,10 @@ async def _run_cluster(args: argparse.Namespace, store: Store | None) -> int:
     from .dev.replay import parse_duration, parse_latency
     from .engines.litestream_config import Intervals, recommended_intervals
 
+    if args.datasette == bool(args.app):
+        raise ValueError("give the app (module:attribute) or --datasette, not both or neither")
+    app = "forwarder.datasette:app" if args.datasette else args.app
+
     env = {}
     for item in args.env:
         name, sep, value = item.partition("=")
@@ -138,7 +147,7 @@ async def _run_cluster(args: argparse.Namespace, store: Store | None) -> int:
             follow=parse_duration(args.follow_interval) if args.follow_interval else default.follow,
         )
     cluster = Cluster(
-        app=args.app,
+        app=app,
         data_dir=args.data_dir,
         replicas=args.replicas,
         host=args.host,

@@ -28,11 +28,13 @@ from .txid import Txid
 
 if TYPE_CHECKING:
     from .runtime import Forwarder
+    from .settings import ForwarderSettings
 
 __all__ = [
     "PRIMARY_PRAGMAS",
     "AccessRule",
     "Stamp",
+    "configured_role",
     "is_file_database",
     "prepare_primary",
     "read_only_uri",
@@ -119,6 +121,22 @@ def read_only_uri(database: str, *, uri: bool = False) -> str:
     return f"file:{quote(absolute)}?" + "&".join(["mode=ro", *kept])
 
 
+def configured_role(settings: ForwarderSettings | None = None) -> Role:
+    """This node's role as its `FORWARDER_*` settings give it, without starting a forwarder.
+
+    Litestream: `FORWARDER_ROLE`, else replica when `FORWARDER_PRIMARY_URL` is set. LiteFS (the
+    role is the lease's): a replica while the mount holds `.primary`, which LiteFS writes on
+    replicas only.
+    """
+    from .settings import ForwarderSettings
+
+    settings = settings or ForwarderSettings.load()
+    role = settings.resolved_role
+    if role is None:
+        return Role.REPLICA if (settings.database.parent / ".primary").exists() else Role.PRIMARY
+    return Role(role)
+
+
 def prepare_primary(connection: DBAPIConnection) -> None:
     """Make a new primary connection production-ready: WAL (Litestream requires it) and the pragmas."""
     cursor = connection.cursor()
@@ -161,6 +179,16 @@ class AccessRule:
     def of(cls, forwarder: Forwarder) -> AccessRule:
         """The rule for `forwarder`'s node: its topology's role and its tracker's position."""
         return cls(lambda: forwarder.topology.role, lambda: forwarder.tracker.position, owner=id(forwarder))
+
+    @classmethod
+    def from_settings(cls, settings: ForwarderSettings | None = None) -> AccessRule:
+        """The rule for a process of this node where no forwarder runs (`manage.py`, a script).
+
+        The role comes from the `FORWARDER_*` settings (`configured_role`) and stays fixed; there
+        is no tracker, so the position is 0 and reuse is decided by the role alone.
+        """
+        role = configured_role(settings)
+        return cls(lambda: role, lambda: Txid(0))
 
     @property
     def role(self) -> Role:

@@ -18,7 +18,7 @@ from . import headers as h
 from .classify import Kind, classify
 from .cookie import clear_cookie, read_cookie, set_cookie, txid_in, txid_token
 from .discovery import BodyRecorder, HeldErrorResponse, needs_primary
-from .guard import admit
+from .guard import admit, sealed
 from .internal import serve_internal
 from .lifespan import run_lifespan
 from .proxy import forward_http, unavailable
@@ -235,7 +235,7 @@ class ForwarderMiddleware:
             return
         replay_failed = _header(scope, b"fly-replay-failed")
         if self._replays(scope, body) and replay_failed is None:
-            replay = replay_headers(forwarder.topology, self.policy, reason)
+            replay = sealed(forwarder, scope, replay_headers(forwarder.topology, self.policy, reason))
             if replay is not None:
                 forwarder.metrics.forwarded("replay", reason)
                 logger.info(
@@ -332,7 +332,9 @@ class ForwarderMiddleware:
                 await send({"type": "websocket.close", "code": 1013, "reason": "the primary is changing"})
             return
         wants_replay = self.policy.mode == "replay" or (self.policy.mode == "auto" and came_through_fly_proxy(scope))
-        replay = replay_headers(forwarder.topology, self.policy, reason) if wants_replay else None
+        replay = (
+            sealed(forwarder, scope, replay_headers(forwarder.topology, self.policy, reason)) if wants_replay else None
+        )
         if replay is not None and supports_denial(scope):
             # Never accept (101) on the replica: the Fly proxy replays the handshake itself.
             forwarder.metrics.forwarded("replay", reason)

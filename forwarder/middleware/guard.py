@@ -3,8 +3,8 @@
 1. the target rule (`target.py`): 400 for anything but an origin-form target;
 2. framing: 400 for Transfer-Encoding with Content-Length, or a bad or conflicting Content-Length;
 3. node headers (`node_headers.py`): unsigned `forwarder-*` claims are dropped from the scope, and
-   a `fly-replay-src` state no node sealed is removed; the `fly-replay` states this node answers
-   with are sealed on the way out;
+   a `fly-replay-src` state no node sealed is removed (the `fly-replay` states this node answers
+   with are sealed where they are made: `sealed`);
 4. `/_forwarder/*` is private: 403 through the public proxy (`Fly-Client-IP`), except
    `/_forwarder/health` when `FORWARDER_PUBLIC_HEALTH=true`.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from starlette.types import Message, Scope, Send
+from starlette.types import Scope, Send
 
 from ..logsafe import clean
 from ..node_headers import NODE_SIGNATURE, opened_replay_source, seal_replay, verified_headers
@@ -23,7 +23,7 @@ from .replay import came_through_fly_proxy
 from .target import target_problem
 from .websocket import deny_websocket, supports_denial
 
-__all__ = ["admit", "framing_problem", "refuse"]
+__all__ = ["admit", "framing_problem", "refuse", "sealed"]
 
 logger = logging.getLogger("forwarder.middleware")
 
@@ -64,8 +64,8 @@ async def refuse(scope: Scope, send: Send, status: int, message: str) -> None:
 
 
 async def admit(forwarder: Forwarder, scope: Scope, send: Send) -> tuple[Scope, Send] | None:
-    """The scope (node headers checked) and send (replay states sealed) to serve the request
-    with, or None when the request was refused here."""
+    """The scope (node headers checked) and send to serve the request with, or None when the
+    request was refused here."""
     problem = target_problem(scope)
     if problem is None and scope["type"] == "http":
         problem = framing_problem(scope["headers"])
@@ -111,24 +111,16 @@ async def admit(forwarder: Forwarder, scope: Scope, send: Send) -> tuple[Scope, 
                 "(Fly-Client-IP present); set FORWARDER_PUBLIC_HEALTH=true to expose /_forwarder/health",
             )
             return None
-    if secret is None or forwarder.is_primary:  # only a replica answers with fly-replay
-        return scope, send
-    return scope, _sealing(secret, method, path, send)
+    return scope, send
 
 
-_RESPONSE_STARTS = frozenset({"http.response.start", "websocket.http.response.start"})
-
-
-def _sealing(secret: bytes, method: str, path: str, send: Send) -> Send:
-    """`send` with the state of a `fly-replay` answer sealed for this request."""
-
-    async def send_sealed(message: Message) -> None:
-        if message["type"] in _RESPONSE_STARTS:
-            headers = message.get("headers", ())
-            if any(k == b"fly-replay" for k, _ in headers):
-                message["headers"] = [
-                    (k, seal_replay(secret, v, method, path)) if k == b"fly-replay" else (k, v) for k, v in headers
-                ]
-        await send(message)
-
-    return send_sealed
+def sealed(
+    forwarder: Forwarder, scope: Scope, replay: list[tuple[bytes, bytes]] | None
+) -> list[tuple[bytes, bytes]] | None:
+    """The `fly-replay` headers this node answers with, their `state=<reason>` sealed for this request
+    (a state no node sealed is removed on arrival; see `opened_replay_source`)."""
+    secret = forwarder.node_secret
+    if replay is None or secret is None:
+        return replay
+    method, path = scope.get("method", "GET"), scope["path"]
+    return [(k, seal_replay(secret, v, method, path)) if k == b"fly-replay" else (k, v) for k, v in replay]

@@ -17,7 +17,7 @@ from ..txid import Txid
 from . import headers as h
 from .classify import Kind, classify
 from .cookie import clear_cookie, read_cookie, set_cookie, txid_in, txid_token
-from .discovery import BodyRecorder, HeldErrorResponse, needs_primary
+from .discovery import BodyRecorder, HeldErrorResponse, needs_primary, replica_unavailable
 from .guard import admit
 from .internal import serve_internal
 from .lifespan import run_lifespan
@@ -30,8 +30,8 @@ __all__ = ["ForwarderMiddleware"]
 logger = logging.getLogger("forwarder.middleware")
 
 # Values of `state=` in our fly-replay headers: a replayed request carrying one of them in
-# `fly-replay-src` has already made its hop.
-_OUR_STATES = h.WRITE_REASONS | {"lag"}
+# `fly-replay-src` has already made its hop. `lag` and `unavailable` are reads (no txid).
+_OUR_STATES = h.WRITE_REASONS | {"lag", "unavailable"}
 
 
 class ForwarderMiddleware:
@@ -40,8 +40,9 @@ class ForwarderMiddleware:
     On the primary every request reaches the app; write responses carry `Forwarder-Txid` and
     the read-your-writes cookie. On a replica, reads are served locally (after waiting for the
     cookie's txid), and writes go to the primary by proxy or `fly-replay` (see `RoutingPolicy`).
-    A read whose app raises SQLite's read-only error, or hits a `@primary_endpoint`, is forwarded
-    before anything reaches the client. `/_forwarder/rpc/<name>` serves `@primary_only` calls,
+    A read whose app raises SQLite's read-only error, hits a `@primary_endpoint`, or finds the
+    copy unreadable (the follower's lock past the busy timeout) is forwarded before anything
+    reaches the client. `/_forwarder/rpc/<name>` serves `@primary_only` calls,
     `/_forwarder/health` and `/_forwarder/metrics` report on the node.
 
     The middleware also starts and stops `forwarder` in the app's lifespan.
@@ -181,7 +182,9 @@ class ForwarderMiddleware:
         try:
             await self.app(scope, recorder, held)
         except Exception as exc:
-            reason = needs_primary(exc)
+            # A write (read-only error), a @primary_endpoint, or a copy not readable right now
+            # (the follower's lock past the busy timeout, a restore): the primary answers instead.
+            reason = needs_primary(exc) or replica_unavailable(exc, restoring=not engine.restored)
             if reason is None or held.started:
                 await held.release()
                 raise
@@ -350,10 +353,7 @@ class ForwarderMiddleware:
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value  # type: ignore[no-any-return]
-    return None
+    return next((value for key, value in scope["headers"] if key == name), None)
 
 
 def _already_hopped(scope: Scope) -> bool:
@@ -396,6 +396,4 @@ def _forwarded_as_write(scope: Scope) -> bool:
 
 
 def _later(a: Txid | None, b: Txid | None) -> Txid | None:
-    if a is None:
-        return b
-    return a if b is None or a >= b else b
+    return b if a is None else a if b is None or a >= b else b

@@ -70,17 +70,24 @@ class Generations:
         return directory / self.name
 
     def swap(self, target: Path) -> None:
-        """Point `database` at `target` atomically (a temporary symlink renamed over it)."""
-        relative = os.path.relpath(target, self.directory)
-        temporary = self.directory / f".{self.name}.swap-{os.getpid()}"
-        temporary.unlink(missing_ok=True)
-        os.symlink(relative, temporary)
-        os.replace(temporary, self.database)
+        """Point `database` at `target` atomically (a temporary symlink renamed over it).
+
+        `<db>-txid` becomes a link to the new generation's `-txid` too, right after, for tools that
+        read it there: in between it names the old generation's position, which is never ahead of
+        the new copy (a swap waits until the new copy has caught up)."""
+        self._link(target, self.database)
+        self._link(target.with_name(target.name + "-txid"), self.database.with_name(self.name + "-txid"))
         fd = os.open(self.directory, os.O_RDONLY)
         try:
             os.fsync(fd)  # the rename survives a crash of the host
         finally:
             os.close(fd)
+
+    def _link(self, target: Path, link: Path) -> None:
+        temporary = self.directory / f".{link.name}.swap-{os.getpid()}"
+        temporary.unlink(missing_ok=True)
+        os.symlink(os.path.relpath(target, self.directory), temporary)
+        os.replace(temporary, link)
 
     def reset(self) -> None:
         """Remove `database` (a link or a plain file of an older layout), its sidecars and every

@@ -57,7 +57,7 @@ class Readers:
     """Threads that open the node's path (`mode=ro`, fresh each time) and count rows, recording errors."""
 
     def __init__(self, database: Path, threads: int = 2) -> None:
-        self.database, self.errors, self.reads = database, [], 0
+        self.database, self.reads = database, 0
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]

@@ -57,7 +57,8 @@ async def traffic(
         return random.choice(urls)
 
     async def worker() -> None:
-        async with httpx.AsyncClient(timeout=30) as client:
+        # keep-alive shorter than uvicorn's 5 s: no request on a connection the server is closing
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(keepalive_expiry=1.0)) as client:
             while remaining[0] > 0 and time.monotonic() < stop_at:
                 remaining[0] -= 1
                 base = pick()

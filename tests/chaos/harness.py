@@ -101,6 +101,8 @@ async def traffic(
         # Read it back on the node that answered, with the cookie the write set.
         node = response.headers.get("forwarder-node")
         url = next((n.url for n in cluster.nodes if n.id == node), base) if base == cluster.edge_url else base
+        if url == cluster.primary.url:  # answered by the primary: read it back on a replica (it may be killed)
+            url = random.choice([n.url for n in cluster.replicas])
         check = await client.get(f"{url}/items/{item}")
         tally.requests += 1
         if judge(check, None):

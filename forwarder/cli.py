@@ -99,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="extra environment variable for every node, e.g. --env FORWARDER_MODE=replay (repeatable)",
     )
+    from .replica.command import add_parser as add_replica_parser
+
+    add_replica_parser(commands)
     return parser
 
 
@@ -208,6 +211,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_dev(args))
         except (ForwarderError, ValueError) as exc:
             print(f"forwarder dev: {exc}", file=sys.stderr)
+            return 1
+    if args.command == "replica":
+        from .replica.command import run as run_replica
+
+        try:
+            return asyncio.run(run_replica(args))
+        except (ForwarderError, ValueError) as exc:
+            print(f"forwarder replica: {exc}", file=sys.stderr)
             return 1
     raise AssertionError(f"unknown command {args.command}")
 

@@ -168,17 +168,34 @@ class AccessRule:
 
     `role` and `position` are called each time (they change on failover and on every replicated
     transaction). Build it for a running node with `AccessRule.of(forwarder)`.
+
+    `replica_busy_timeout` is the busy timeout (seconds) of replica connections: a follower holds
+    SQLite's lock while it applies a batch, and a read that cannot get it within this bound fails
+    with "database is locked", which the middleware serves from the primary instead.
     """
 
-    def __init__(self, role: Callable[[], Role], position: Callable[[], Txid], *, owner: int = 0) -> None:
+    def __init__(
+        self,
+        role: Callable[[], Role],
+        position: Callable[[], Txid],
+        *,
+        owner: int = 0,
+        replica_busy_timeout: float = 0.1,
+    ) -> None:
         self._role = role
         self._position = position
         self._owner = owner
+        self.replica_busy_timeout = replica_busy_timeout
 
     @classmethod
     def of(cls, forwarder: Forwarder) -> AccessRule:
         """The rule for `forwarder`'s node: its topology's role and its tracker's position."""
-        return cls(lambda: forwarder.topology.role, lambda: forwarder.tracker.position, owner=id(forwarder))
+        return cls(
+            lambda: forwarder.topology.role,
+            lambda: forwarder.tracker.position,
+            owner=id(forwarder),
+            replica_busy_timeout=forwarder.replica_busy_timeout,
+        )
 
     @classmethod
     def from_settings(cls, settings: ForwarderSettings | None = None) -> AccessRule:
@@ -221,9 +238,13 @@ class AccessRule:
         return read_only_uri(database, uri=uri), True
 
     def connect(self, path: Path | str, **kwargs: Any) -> tuple[sqlite3.Connection, Stamp]:
-        """A new `sqlite3` connection to `path` for this role, and the stamp to reuse it by."""
+        """A new `sqlite3` connection to `path` for this role, and the stamp to reuse it by.
+
+        On a replica the busy timeout is `replica_busy_timeout`, whatever `timeout` says."""
         stamp = self.stamp()
         database, uri = self.connect_arguments(str(path), role=stamp.role)
+        if stamp.role is not Role.PRIMARY:
+            kwargs["timeout"] = self.replica_busy_timeout
         conn = sqlite3.connect(database, uri=uri, **kwargs)
         if stamp.role is Role.PRIMARY:
             try:

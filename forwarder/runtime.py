@@ -74,6 +74,7 @@ class Forwarder:
         forward_timeout: float = 30.0,
         connect_timeout: float = 2.0,
         replication_timeout: float = 5.0,
+        replica_busy_timeout: float = 0.1,
         signature_max_age: float = 60.0,
         policy: RoutingPolicy | None = None,
         max_lag: float = 30.0,
@@ -95,6 +96,8 @@ class Forwarder:
         self.forward_timeout = forward_timeout
         self.connect_timeout = connect_timeout
         self.replication_timeout = replication_timeout
+        self.replica_busy_timeout = replica_busy_timeout
+        """Busy timeout (seconds) of replica connections: past it a read is served by the primary."""
         self.policy = policy or RoutingPolicy()
         self.max_lag = max_lag
         self.lag_probe_interval = lag_probe_interval
@@ -107,7 +110,11 @@ class Forwarder:
         self._secret = (secret or "").encode()
         self._transport = transport
         self._verifier = SignatureVerifier(self._secret, max_age=signature_max_age) if secret else None
-        self.database = Database(database, is_primary=lambda: self.is_primary) if database else None
+        self.database = (
+            Database(database, is_primary=lambda: self.is_primary, replica_busy_timeout=replica_busy_timeout)
+            if database
+            else None
+        )
         self.security = security or SecurityPolicy()
         self.signature_max_age = signature_max_age
         # RPC request ids already executed: in the replicated database, so restarts and failovers keep them.
@@ -157,6 +164,7 @@ class Forwarder:
             forward_timeout=settings.forward_timeout,
             connect_timeout=settings.connect_timeout,
             replication_timeout=settings.replication_timeout,
+            replica_busy_timeout=settings.replica_busy_timeout,
             signature_max_age=settings.signature_max_age,
             policy=settings.routing_policy(),
             max_lag=settings.max_lag,

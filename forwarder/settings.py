@@ -70,6 +70,9 @@ class ForwarderSettings(BaseSettings):
     """Seconds to wait for a connection to the primary before answering 503."""
     replication_timeout: float = Field(5.0, gt=0, validation_alias=_env("replication_timeout"))
     """Seconds a replica waits for its own copy to reach a write's txid."""
+    replica_busy_timeout: float = Field(0.1, gt=0, le=60, validation_alias=_env("replica_busy_timeout"))
+    """Seconds a replica's read waits for SQLite's lock (held by the follower while it applies a batch)
+    before the read is served by the primary instead."""
     signature_max_age: float = Field(60.0, gt=0, validation_alias=_env("signature_max_age"))
     """Seconds an RPC signature stays valid (allowed clock skew between nodes)."""
     mode: Literal["auto", "proxy", "replay"] = Field("auto", validation_alias=_env("mode"))

@@ -182,7 +182,7 @@ class Cluster:
             if self._with_edge:
                 await self._start_edge()
             self.write_state()
-            watchdog = Watchdog(self.replicator, self.replicas)
+            watchdog = Watchdog(self.replicas)
             self._watchdog = asyncio.create_task(watchdog.run(), name="forwarder-dev-watchdog")
         except BaseException:
             await self.stop()
@@ -335,6 +335,7 @@ class Cluster:
             self.store,
             log_path=self.logs_dir / f"{node.id}-litestream.log",
             intervals=self.intervals,
+            primary=self.replicator.txid,
         )
         await node.follower.start()
 

@@ -7,7 +7,9 @@ syncs (group commit), so a burst of writes costs one or two syncs, not one each.
 Replica: the follower writes its position to `<database>-txid` (`%016x\\n`, tmp file + rename)
 after the pages are on disk. The engine watches the database's directory with inotify and
 publishes each new position; without inotify it polls the file's stat every millisecond, in
-one task for the whole engine.
+one task for the whole engine. When `<database>` is a symlink into a generation directory
+(`forwarder.replica.Generations`: a re-restore swaps the link), the position is the `-txid` of
+the file the link points at now; the engine watches that directory too and follows each swap.
 
 Facts and pitfalls behind these choices: `shared/reference/replication-engines.md`, section 1.
 """
@@ -18,7 +20,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +80,10 @@ class LitestreamEngine(Engine):
         # Replica: the one watcher task and what it needs.
         self._watcher: asyncio.Task[None] | None = None
         self._inotify: Inotify | None = None
+        self._parent_watch: Any = None
+        self._generation_watch: Any = None
+        self._generation_dir: Path | None = None
+        self._txid_mask: Any = None
         self._garbage_seen: set[str] = set()
         self._restored = False
         self._guard = FollowerGuard(self.database)
@@ -265,26 +271,52 @@ class LitestreamEngine(Engine):
         try:
             # The directory, not the file: Litestream replaces the file by rename, which a file watch would miss.
             # DELETE: a re-restore removes `-txid` first, and the copy is not usable until it is back.
-            inotify.add_watch(self.txid_path.parent, Mask.MOVED_TO | Mask.CLOSE_WRITE | Mask.CREATE | Mask.DELETE)
+            # MOVED_TO of the database's own name: a generation swap (the link renamed over).
+            self._txid_mask = Mask.MOVED_TO | Mask.CLOSE_WRITE | Mask.CREATE | Mask.DELETE
+            self._parent_watch = inotify.add_watch(self.txid_path.parent, self._txid_mask)
         except OSError as exc:
             inotify.close()
             logger.info("cannot watch %s with inotify (%s); polling instead", self.txid_path.parent, exc)
             return False
         self._inotify = inotify
+        self._watch_generation()
         return True
+
+    def current_txid_path(self) -> Path:
+        """The `-txid` of the file `database` is now (through a generation symlink, if it is one)."""
+        real = Path(os.path.realpath(self.database))
+        return real.with_name(real.name + "-txid")
+
+    def _watch_generation(self) -> None:
+        """Watch the directory of the generation the link points at now (if not the parent)."""
+        directory = self.current_txid_path().parent
+        if self._inotify is None or directory == self.txid_path.parent or directory == self._generation_dir:
+            return
+        old, self._generation_watch, self._generation_dir = self._generation_watch, None, None
+        if old is not None:
+            with suppress(OSError, ValueError, KeyError):
+                self._inotify.rm_watch(old)
+        try:
+            self._generation_watch = self._inotify.add_watch(directory, self._txid_mask)
+            self._generation_dir = directory
+        except OSError as exc:  # swapped again meanwhile: the next event of the parent re-resolves
+            logger.debug("cannot watch %s: %s", directory, exc)
 
     async def _follow_inotify(self) -> None:
         from asyncinotify import Mask
 
         assert self._inotify is not None
-        name = self.txid_path.name
+        names = {self.txid_path.name, self.database.name}
         try:
             while True:
                 event = await self._inotify.get()
                 if event.mask & Mask.IGNORED:
-                    break
+                    if event.watch is self._parent_watch or self._parent_watch is None:
+                        break
+                    continue  # an old generation's directory was removed
                 # On queue overflow events were lost, so re-read whatever the name.
-                if event.mask & Mask.Q_OVERFLOW or (event.name is not None and str(event.name) == name):
+                if event.mask & Mask.Q_OVERFLOW or (event.name is not None and str(event.name) in names):
+                    self._watch_generation()
                     self._refresh()
         finally:
             self._close_inotify()
@@ -295,13 +327,14 @@ class LitestreamEngine(Engine):
         if self._inotify is not None:
             self._inotify.close()
             self._inotify = None
+        self._parent_watch = self._generation_watch = self._generation_dir = None
 
     async def _poll(self) -> None:
         last: tuple[int, int, int] | None = None
         self._refresh()
         while True:
             try:
-                st = os.stat(self.txid_path)
+                st = os.stat(self.current_txid_path())
                 key: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_ino, st.st_size)
             except FileNotFoundError:
                 key = None
@@ -328,7 +361,7 @@ class LitestreamEngine(Engine):
     def _read_txid(self) -> Txid | None:
         """The follower's position; 0 when it has not restored yet; None when the file holds garbage."""
         try:
-            text = self.txid_path.read_text(encoding="ascii", errors="replace")
+            text = self.current_txid_path().read_text(encoding="ascii", errors="replace")
         except FileNotFoundError:
             if self._restored:
                 logger.warning("%s is gone: the follower is restoring %s again", self.txid_path, self.database)

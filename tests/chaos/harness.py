@@ -52,6 +52,9 @@ async def traffic(
     remaining = [total]
     stop_at = time.monotonic() + deadline
 
+    def alive() -> list[str]:
+        return [n.url for n in cluster.replicas if targets is None or n.url in targets()]
+
     def pick() -> str:
         urls = targets() if targets else [n.url for n in cluster.replicas] + [cluster.edge_url or cluster.primary.url]
         return random.choice(urls)
@@ -101,9 +104,18 @@ async def traffic(
         # Read it back on the node that answered, with the cookie the write set.
         node = response.headers.get("forwarder-node")
         url = next((n.url for n in cluster.nodes if n.id == node), base) if base == cluster.edge_url else base
-        if url == cluster.primary.url:  # answered by the primary: read it back on a replica (it may be killed)
-            url = random.choice([n.url for n in cluster.replicas])
-        check = await client.get(f"{url}/items/{item}")
+        if url == cluster.primary.url:  # answered by the primary: read it back on a replica
+            url = random.choice(alive())
+        while True:
+            try:
+                check = await client.get(f"{url}/items/{item}")
+                break
+            except httpx.TransportError:
+                if url in alive():
+                    raise
+                # That replica was killed meanwhile: read back on another one, with the same cookie.
+                tally.while_down[f"read-back on a killed replica: {url}"] += 1
+                url = random.choice(alive())
         tally.requests += 1
         if judge(check, None):
             tally.ryw_checked += 1

@@ -17,6 +17,7 @@ from . import context
 from ._http import ShardedTransport, node_client
 from .database import Database
 from .engines.base import Engine, PrimaryInfo, Role
+from .engines.factory import engine_from
 from .exceptions import ConfigurationError, ForwarderError, ReplicationTimeout
 from .lag import LagMeter
 from .logs import LogLevel, install_default_handler
@@ -35,6 +36,9 @@ from .txid import Txid
 __all__ = ["Forwarder"]
 
 logger = logging.getLogger("forwarder")
+
+KEEPALIVE_EXPIRY = 2.0
+"""Seconds an idle connection to the primary is kept; under uvicorn's default `--timeout-keep-alive` (5)."""
 
 
 class _State(enum.Enum):
@@ -139,7 +143,7 @@ class Forwarder:
         settings = settings or ForwarderSettings.load()
         role = settings.resolved_role
         if engine is None:
-            engine = _engine_from(settings)
+            engine = engine_from(settings)
         if role is None:
             # Decided once the engine has started (LiteFS asks /info); until then, take no writes.
             role = "replica"
@@ -271,7 +275,10 @@ class Forwarder:
                     "(or FLY_APP_NAME on Fly, so it can be derived from the primary's machine id)"
                 )
             timeout = httpx.Timeout(self.forward_timeout, connect=self.connect_timeout)
-            limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+            # Idle connections are dropped before uvicorn's own 5 s keep-alive timeout closes them:
+            # a request sent on a connection the primary is closing gets no answer, and for a write
+            # that is a 504 ("may have run") where nothing ran.
+            limits = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE_EXPIRY)
             transport = self._transport or ShardedTransport(limits)
             self._client = node_client(base_url=url, timeout=timeout, transport=transport)
             # The RPC client shares the pool, so it is rebuilt with it.
@@ -376,21 +383,3 @@ class Forwarder:
             return result
         finally:
             self.metrics.rpc(function.name, outcome, time.perf_counter() - started)
-
-
-def _engine_from(settings: ForwarderSettings) -> Engine:
-    if settings.engine == "litestream":
-        from .engines.litestream import LitestreamEngine
-
-        role = Role(settings.resolved_role or "primary")
-        return LitestreamEngine(
-            settings.database, role, socket_path=settings.socket_path, primary_id=settings.primary_id
-        )
-    if settings.engine == "litefs":
-        from .engines.litefs import LiteFSEngine
-
-        # The app opens <mount>/<db>; LiteFS keeps <db>-pos and .primary beside it.
-        return LiteFSEngine(settings.database.parent, settings.database.name, api_url=settings.litefs_api)
-    raise ConfigurationError(
-        "FORWARDER_ENGINE=memory is for tests in one process: build MemoryEngine yourself and pass engine="
-    )

@@ -120,7 +120,7 @@ async def _store(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> 
 
 async def _run_cluster(args: argparse.Namespace, store: Store | None) -> int:
     from .dev import Cluster
-    from .dev.replay import parse_duration, parse_latency
+    from .dev.edge import parse_duration, parse_latency
     from .engines.litestream_config import Intervals, recommended_intervals
 
     env = {}

@@ -6,12 +6,13 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .exceptions import ConfigurationError
 from .policy import CookiePolicy, RoutingPolicy
 from .security import SecurityPolicy
+from .settings_errors import settings_problems
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
@@ -151,13 +152,12 @@ class ForwarderSettings(BaseSettings):
             max_streamed_uploads=self.max_streamed_uploads,
         )
 
-    @model_validator(mode="after")
-    def _check(self) -> ForwarderSettings:
-        if self.primary_url is not None and not self.primary_url.startswith(("http://", "https://")):
-            raise ValueError(
-                f"FORWARDER_PRIMARY_URL must be an http(s) URL like http://10.0.0.2:8080, got {self.primary_url!r}"
-            )
-        return self
+    @field_validator("primary_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL like http://10.0.0.2:8080")
+        return value
 
     @property
     def resolved_role(self) -> Literal["primary", "replica"] | None:
@@ -182,10 +182,7 @@ class ForwarderSettings(BaseSettings):
         try:
             settings = cls(**overrides)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"FORWARDER_{'_'.join(str(p) for p in err['loc']).upper() or '?'}: {err['msg']}" for err in exc.errors()
-            )
-            raise ConfigurationError(f"invalid forwarder settings: {problems}") from None
+            raise ConfigurationError(settings_problems(exc, cls)) from None
         if settings.engine == "litefs" and (settings.secret is None or not settings.secret.get_secret_value()):
             raise ConfigurationError(
                 "FORWARDER_SECRET is not set: with LiteFS any node can become a replica after a failover and "

@@ -192,7 +192,7 @@ def test_a_value_read_from_a_fly_variable_names_the_variable_to_set() -> None:
 
     os.environ["FLY_PORT"] = "http"
     with pytest.raises(ValidationError) as caught:
-        WithFlyPort()
+        WithFlyPort(**{})
     assert settings_problems(caught.value, WithFlyPort) == (
         "invalid forwarder settings: FLY_PORT='http' is not allowed: "
         "set FORWARDER_PORT (it wins over FLY_PORT) to a whole number"

@@ -183,22 +183,30 @@ class ForwarderSettings(BaseSettings):
             settings = cls(**overrides)
         except ValidationError as exc:
             raise ConfigurationError(settings_problems(exc, cls)) from None
-        if settings.engine == "litefs" and (settings.secret is None or not settings.secret.get_secret_value()):
-            raise ConfigurationError(
+        problems = settings.problems()
+        if problems:
+            raise ConfigurationError("; ".join(problems))
+        return settings
+
+    def problems(self) -> list[str]:
+        """What these settings lack for the node they describe (a missing secret or primary URL), one line each."""
+        found: list[str] = []
+        has_secret = self.secret is not None and bool(self.secret.get_secret_value())
+        if self.engine == "litefs" and not has_secret:
+            found.append(
                 "FORWARDER_SECRET is not set: with LiteFS any node can become a replica after a failover and "
                 "must then sign its calls to the primary. Set the same random value on every node, "
                 "e.g. `fly secrets set FORWARDER_SECRET=$(openssl rand -hex 32)`"
             )
-        if settings.resolved_role == "replica":
-            if settings.secret is None or not settings.secret.get_secret_value():
-                raise ConfigurationError(
-                    "FORWARDER_SECRET is not set: a replica signs its calls to the primary with it. "
-                    "Set the same random value on every node, "
-                    "e.g. `fly secrets set FORWARDER_SECRET=$(openssl rand -hex 32)`"
-                )
-            if settings.engine == "litestream" and not settings.primary_url:
-                raise ConfigurationError(
-                    "FORWARDER_PRIMARY_URL is not set: a Litestream replica must know where the primary is "
-                    "(e.g. http://10.0.0.2:8080)"
-                )
-        return settings
+        elif self.resolved_role == "replica" and not has_secret:
+            found.append(
+                "FORWARDER_SECRET is not set: a replica signs its calls to the primary with it. "
+                "Set the same random value on every node, "
+                "e.g. `fly secrets set FORWARDER_SECRET=$(openssl rand -hex 32)`"
+            )
+        if self.resolved_role == "replica" and self.engine == "litestream" and not self.primary_url:
+            found.append(
+                "FORWARDER_PRIMARY_URL is not set: a Litestream replica must know where the primary is "
+                "(e.g. http://10.0.0.2:8080)"
+            )
+        return found

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -191,8 +192,9 @@ def test_a_value_read_from_a_fly_variable_names_the_variable_to_set() -> None:
         port: int = Field(8080, validation_alias=AliasChoices("FORWARDER_PORT", "port", "FLY_PORT"))
 
     os.environ["FLY_PORT"] = "http"
+    no_arguments: dict[str, Any] = {}
     with pytest.raises(ValidationError) as caught:
-        WithFlyPort(**{})
+        WithFlyPort(**no_arguments)
     assert settings_problems(caught.value, WithFlyPort) == (
         "invalid forwarder settings: FLY_PORT='http' is not allowed: "
         "set FORWARDER_PORT (it wins over FLY_PORT) to a whole number"

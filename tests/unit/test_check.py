@@ -14,7 +14,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from forwarder import check
 from forwarder.check import check_node, check_settings
 from forwarder.cli import main
 from forwarder.dev.edge import serve_edge
@@ -126,7 +125,7 @@ async def test_a_replica_whose_directory_is_missing(tmp_path: Path) -> None:
 
 async def test_a_replica_whose_directory_is_not_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # As root every directory is writable, so the refusal is simulated at the one call that asks.
-    monkeypatch.setattr(check.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
     found = await check_node(_replica(tmp_path / "app.db"), primary=False)
     one(found, f"the replica's directory {tmp_path} is not writable")
 

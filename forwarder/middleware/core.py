@@ -22,16 +22,12 @@ from .guard import admit
 from .internal import serve_internal
 from .lifespan import run_lifespan
 from .proxy import forward_http, unavailable
-from .replay import came_through_fly_proxy, replay_headers, replayable_size
+from .replay import came_through_fly_proxy, our_replay, replay_headers, replay_state, replayable_size
 from .websocket import deny_websocket, relay_websocket, supports_denial
 
 __all__ = ["ForwarderMiddleware"]
 
 logger = logging.getLogger("forwarder.middleware")
-
-# Values of `state=` in our fly-replay headers: a replayed request carrying one of them in
-# `fly-replay-src` has already made its hop.
-_OUR_STATES = h.WRITE_REASONS | {"lag"}
 
 
 class ForwarderMiddleware:
@@ -146,7 +142,7 @@ class ForwarderMiddleware:
                 cookies.append(value)
             elif key == h.TXID:
                 token = value
-            elif key == h.FORWARDED_BY or (key == b"fly-replay-src" and _our_replay(value)):
+            elif key == h.FORWARDED_BY or (key == b"fly-replay-src" and our_replay(value)):
                 hopped = True
         wanted = None
         if not hopped:
@@ -361,21 +357,7 @@ def _already_hopped(scope: Scope) -> bool:
     if _header(scope, h.FORWARDED_BY) is not None:
         return True
     source = _header(scope, b"fly-replay-src")
-    return source is not None and _our_replay(source)
-
-
-def _our_replay(source: bytes) -> bool:
-    """Whether a `fly-replay-src` value names a replay made by a forwarder node (by its `state`)."""
-    return _replay_state(source) in _OUR_STATES
-
-
-def _replay_state(source: bytes) -> str | None:
-    """The `state=` field of a `fly-replay-src` value, if any."""
-    for field in source.decode("latin-1").replace(",", ";").split(";"):
-        key, _, value = field.strip().partition("=")
-        if key.strip() == "state":
-            return value.strip()
-    return None
+    return source is not None and our_replay(source)
 
 
 async def _live_position(forwarder: Forwarder) -> Txid:
@@ -391,7 +373,7 @@ def _forwarded_as_write(scope: Scope) -> bool:
         if key == h.REASON:
             return value.decode("latin-1").strip() in h.WRITE_REASONS
         if key == b"fly-replay-src":
-            return _replay_state(value) in h.WRITE_REASONS
+            return replay_state(value) in h.WRITE_REASONS
     return False
 
 

@@ -6,8 +6,9 @@ from starlette.types import Scope
 
 from ..policy import REPLAY_BODY_LIMIT, RoutingPolicy
 from ..topology import Topology
+from . import headers as h
 
-__all__ = ["came_through_fly_proxy", "replay_headers", "replayable_size"]
+__all__ = ["came_through_fly_proxy", "our_replay", "replay_headers", "replay_state", "replayable_size"]
 
 
 def came_through_fly_proxy(scope: Scope) -> bool:
@@ -44,3 +45,22 @@ def replay_headers(topology: Topology, policy: RoutingPolicy, state: str) -> lis
     if policy.replay_fallback:
         fields.append(f"fallback={policy.replay_fallback}")
     return [(b"fly-replay", ";".join(fields).encode())]
+
+
+# Values of `state=` in our fly-replay headers: a replayed request carrying one of them in
+# `fly-replay-src` has already made its hop.
+_OUR_STATES = h.WRITE_REASONS | {"lag"}
+
+
+def our_replay(source: bytes) -> bool:
+    """Whether a `fly-replay-src` value names a replay made by a forwarder node (by its `state`)."""
+    return replay_state(source) in _OUR_STATES
+
+
+def replay_state(source: bytes) -> str | None:
+    """The `state=` field of a `fly-replay-src` value, if any."""
+    for field in source.decode("latin-1").replace(",", ";").split(";"):
+        key, _, value = field.strip().partition("=")
+        if key.strip() == "state":
+            return value.strip()
+    return None

@@ -364,9 +364,9 @@ class LiteFSEngine(Engine):
 
     def _start_inotify(self) -> bool:
         watch = MountWatch(
-            self.mount,
-            self.pos_path.name,
-            self.primary_path.name,
+            mount=self.mount,
+            pos_name=self.pos_path.name,
+            primary_name=self.primary_path.name,
             on_pos=lambda: self._guarded(self._refresh_position),
             on_primary=lambda: self._guarded(self._refresh_primary_file),
             on_lost=lambda: self._guarded(self._refresh_files),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
@@ -76,26 +77,18 @@ async def fetch_info(client: httpx.AsyncClient, api_url: str, fallback: str) -> 
     return is_primary, hostname
 
 
+@dataclass
 class EventsStream:
     """Follows `/events` of the API behind `client` for `database`, forever (cancel the task to stop)."""
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        api_url: str,
-        database: str,
-        listener: Listener,
-        *,
-        reconnect_min: float,
-        reconnect_max: float,
-    ) -> None:
-        self.client = client
-        self.api_url = api_url
-        self.database = database
-        self.listener = listener
-        self.reconnect_min = reconnect_min
-        self.reconnect_max = reconnect_max
-        self.connected = False
+    client: httpx.AsyncClient
+    api_url: str
+    database: str
+    listener: Listener
+    reconnect_min: float = field(kw_only=True)
+    reconnect_max: float = field(kw_only=True)
+    connected: bool = field(default=False, init=False)
+    """True from the stream's `init` event until it drops."""
 
     async def follow(self) -> None:
         """Read the stream, reconnecting after `reconnect_min` seconds, doubling up to `reconnect_max`."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,26 +21,17 @@ __all__ = ["MountWatch"]
 logger = logging.getLogger("forwarder.engines.litefs")
 
 
+@dataclass
 class MountWatch:
     """Calls `on_pos`, `on_primary` or `on_lost` (events were dropped) as files of `mount` change."""
 
-    def __init__(
-        self,
-        mount: Path,
-        pos_name: str,
-        primary_name: str,
-        *,
-        on_pos: Callable[[], None],
-        on_primary: Callable[[], None],
-        on_lost: Callable[[], None],
-    ) -> None:
-        self.mount = mount
-        self.pos_name = pos_name
-        self.primary_name = primary_name
-        self.on_pos = on_pos
-        self.on_primary = on_primary
-        self.on_lost = on_lost
-        self._inotify: Inotify | None = None
+    mount: Path
+    pos_name: str
+    primary_name: str
+    on_pos: Callable[[], None]
+    on_primary: Callable[[], None]
+    on_lost: Callable[[], None]
+    _inotify: Inotify | None = field(default=None, init=False)
 
     def start(self) -> bool:
         """Start watching; False when inotify is not available here (the stream alone is followed)."""

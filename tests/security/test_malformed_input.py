@@ -94,6 +94,26 @@ async def _relayed_websocket(url: str) -> anyio.abc.SocketStream:
     return stream
 
 
+async def _close_without_status(url: str) -> None:
+    """A close frame without a status code (masked, empty payload): the relay must not send 1005 on."""
+    stream = await _relayed_websocket(url)
+    await stream.send(b"\x88\x80\x00\x00\x00\x00")
+    try:
+        while await stream.receive():
+            pass
+    except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError):
+        pass
+    await stream.aclose()
+
+
+async def _reset(url: str) -> None:
+    """A reset mid-relay: the TCP connection dies without any close frame."""
+    stream = await _relayed_websocket(url)
+    raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await stream.aclose()
+
+
 def _log_text(cluster: Cluster, node_id: str) -> str:
     return (cluster.logs_dir / f"{node_id}.log").read_text(errors="replace")
 
@@ -121,18 +141,8 @@ async def test_the_edge_relay_survives_a_close_without_status_and_a_reset(
     """The same through the edge, which runs in this process: its errors would be logged here."""
     assert real_cluster.edge_url is not None
     with anyio.fail_after(20), caplog.at_level(logging.WARNING):
-        stream = await _relayed_websocket(real_cluster.edge_url)
-        await stream.send(b"\x88\x80\x00\x00\x00\x00")
-        try:
-            while await stream.receive():
-                pass
-        except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError):
-            pass
-        await stream.aclose()
-        stream = await _relayed_websocket(real_cluster.edge_url)
-        raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        await stream.aclose()
+        await _close_without_status(real_cluster.edge_url)
+        await _reset(real_cluster.edge_url)
         await anyio.sleep(0.5)  # the edge notices the reset and closes its side
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert errors == [], [r.getMessage() for r in errors]
@@ -146,21 +156,9 @@ async def test_the_websocket_relay_survives_a_close_without_status_and_a_reset(r
     primary_port = address(real_cluster.primary.url)[1]
     baseline = _connections_to(primary_port)  # the replica's keep-alive pool to the primary
     with anyio.fail_after(20):
-        # A close frame without a status code (masked, empty payload): the relay must not send 1005 on.
-        stream = await _relayed_websocket(replica.url)
-        await stream.send(b"\x88\x80\x00\x00\x00\x00")
-        try:
-            while await stream.receive():
-                pass
-        except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError):
-            pass
-        await stream.aclose()
+        await _close_without_status(replica.url)
         await _relay_gone(primary_port, baseline)
-        # A reset mid-relay: the TCP connection dies without any close frame.
-        stream = await _relayed_websocket(replica.url)
-        raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        await stream.aclose()
+        await _reset(replica.url)
         await _relay_gone(primary_port, baseline)
     log = _log_text(real_cluster, replica.id)
     assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-3000:]

@@ -32,7 +32,7 @@ from bench.engine_lag import until_visible
 from bench.servers import REPO
 from bench.stats import LATENCY, report, summary_ms
 from forwarder.dev import Cluster
-from forwarder.dev.replay import parse_duration
+from forwarder.dev.edge import parse_duration
 from forwarder.dev.s3server import LocalS3Server
 from forwarder.engines.base import Role
 from forwarder.engines.litestream import LitestreamEngine

@@ -1,4 +1,5 @@
-"""The `forwarder` command line: `forwarder dev <module:app>` runs a local cluster."""
+"""The `forwarder` command line: `forwarder dev <module:app>` runs a local cluster, `forwarder check`
+validates this node's environment."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .exceptions import ForwarderError
+from .exceptions import ConfigurationError, ForwarderError
 from .store import FileStore, Store, parse_store
 
 if TYPE_CHECKING:
@@ -102,7 +103,44 @@ def _parser() -> argparse.ArgumentParser:
     from .replica.command import add_parser as add_replica_parser
 
     add_replica_parser(commands)
+    check = commands.add_parser(
+        "check",
+        help="validate this node's environment the way the app would load it; one line per problem",
+        description="Check the FORWARDER_* settings, the replication engine (Litestream's control socket or "
+        "follower file, or the LiteFS mount and API), the secret, and from a replica the primary. "
+        "Prints one line per problem and exits 1 if there is any.",
+    )
+    check.add_argument(
+        "--no-primary",
+        action="store_true",
+        help="do not contact the primary (at start-up, a replica must start even if the primary is briefly down)",
+    )
+    check.add_argument("--timeout", type=float, default=2.0, help="seconds each network check waits (default: 2)")
     return parser
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .check import check_node
+
+    problems = asyncio.run(check_node(primary=not args.no_primary, timeout=args.timeout))
+    for problem in problems:
+        print(f"forwarder check: {problem}", file=sys.stderr)
+    if not problems:
+        print("forwarder check: ok", flush=True)
+    return 1 if problems else 0
+
+
+def _check_cluster(cluster: Cluster) -> None:
+    """Refuse to start a cluster whose nodes would not load their settings (one line per problem)."""
+    from .check import check_settings
+
+    found: dict[str, list[str]] = {}
+    for node in cluster.nodes:
+        for problem in check_settings(cluster.app_env(node.id))[1]:
+            found.setdefault(problem, []).append(node.id)
+    if found:
+        lines = [f"{', '.join(ids)}: {problem}" for problem, ids in found.items()]
+        raise ConfigurationError("\n".join(lines))
 
 
 async def _dev(args: argparse.Namespace) -> int:
@@ -128,7 +166,7 @@ async def _store(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> 
 
 async def _run_cluster(args: argparse.Namespace, store: Store | None) -> int:
     from .dev import Cluster
-    from .dev.replay import parse_duration, parse_latency
+    from .dev.edge import parse_duration, parse_latency
     from .engines.litestream_config import Intervals, recommended_intervals
 
     if args.datasette == bool(args.app):
@@ -164,6 +202,7 @@ async def _run_cluster(args: argparse.Namespace, store: Store | None) -> int:
         store=store,
         intervals=intervals,
     )
+    _check_cluster(cluster)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -206,11 +245,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe and watchdog poll
+    if args.command == "check":
+        return _check(args)
     if args.command == "dev":
         try:
             return asyncio.run(_dev(args))
         except (ForwarderError, ValueError) as exc:
-            print(f"forwarder dev: {exc}", file=sys.stderr)
+            for line in str(exc).splitlines():  # one line per problem, each saying whose it is
+                print(f"forwarder dev: {line}", file=sys.stderr)
             return 1
     if args.command == "replica":
         from .replica.command import run as run_replica

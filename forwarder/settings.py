@@ -6,12 +6,13 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .exceptions import ConfigurationError
 from .policy import CookiePolicy, RoutingPolicy
 from .security import SecurityPolicy
+from .settings_errors import settings_problems
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
@@ -154,13 +155,12 @@ class ForwarderSettings(BaseSettings):
             max_streamed_uploads=self.max_streamed_uploads,
         )
 
-    @model_validator(mode="after")
-    def _check(self) -> ForwarderSettings:
-        if self.primary_url is not None and not self.primary_url.startswith(("http://", "https://")):
-            raise ValueError(
-                f"FORWARDER_PRIMARY_URL must be an http(s) URL like http://10.0.0.2:8080, got {self.primary_url!r}"
-            )
-        return self
+    @field_validator("primary_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL like http://10.0.0.2:8080")
+        return value
 
     @property
     def resolved_role(self) -> Literal["primary", "replica"] | None:
@@ -185,26 +185,31 @@ class ForwarderSettings(BaseSettings):
         try:
             settings = cls(**overrides)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"FORWARDER_{'_'.join(str(p) for p in err['loc']).upper() or '?'}: {err['msg']}" for err in exc.errors()
-            )
-            raise ConfigurationError(f"invalid forwarder settings: {problems}") from None
-        if settings.engine == "litefs" and (settings.secret is None or not settings.secret.get_secret_value()):
-            raise ConfigurationError(
+            raise ConfigurationError(settings_problems(exc, cls)) from None
+        problems = settings.problems()
+        if problems:
+            raise ConfigurationError("; ".join(problems))
+        return settings
+
+    def problems(self) -> list[str]:
+        """What these settings lack for the node they describe (a missing secret or primary URL), one line each."""
+        found: list[str] = []
+        has_secret = self.secret is not None and bool(self.secret.get_secret_value())
+        if self.engine == "litefs" and not has_secret:
+            found.append(
                 "FORWARDER_SECRET is not set: with LiteFS any node can become a replica after a failover and "
                 "must then sign its calls to the primary. Set the same random value on every node, "
                 "e.g. `fly secrets set FORWARDER_SECRET=$(openssl rand -hex 32)`"
             )
-        if settings.resolved_role == "replica":
-            if settings.secret is None or not settings.secret.get_secret_value():
-                raise ConfigurationError(
-                    "FORWARDER_SECRET is not set: a replica signs its calls to the primary with it. "
-                    "Set the same random value on every node, "
-                    "e.g. `fly secrets set FORWARDER_SECRET=$(openssl rand -hex 32)`"
-                )
-            if settings.engine == "litestream" and not settings.primary_url:
-                raise ConfigurationError(
-                    "FORWARDER_PRIMARY_URL is not set: a Litestream replica must know where the primary is "
-                    "(e.g. http://10.0.0.2:8080)"
-                )
-        return settings
+        elif self.resolved_role == "replica" and not has_secret:
+            found.append(
+                "FORWARDER_SECRET is not set: a replica signs its calls to the primary with it. "
+                "Set the same random value on every node, "
+                "e.g. `fly secrets set FORWARDER_SECRET=$(openssl rand -hex 32)`"
+            )
+        if self.resolved_role == "replica" and self.engine == "litestream" and not self.primary_url:
+            found.append(
+                "FORWARDER_PRIMARY_URL is not set: a Litestream replica must know where the primary is "
+                "(e.g. http://10.0.0.2:8080)"
+            )
+        return found

@@ -290,6 +290,10 @@ class Cluster:
         if follower is not None:
             follower.resume()
 
+    def app_env(self, node_id: str) -> dict[str, str]:
+        """The environment node `node_id`'s app starts with (what `forwarder dev` checks first)."""
+        return self._app_env(self.node(node_id))
+
     def _app_env(self, node: NodeProcess) -> dict[str, str]:
         env = dict(os.environ)
         env.pop("FORWARDER_PRIMARY_URL", None)  # from the shell it would turn the primary into a replica

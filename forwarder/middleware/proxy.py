@@ -156,17 +156,15 @@ async def _answer(
         except InvalidTxid:
             logger.warning("%s: the primary sent a malformed Forwarder-Txid %s", what, clean(txid_text))
         waited = time.perf_counter() - wait_started
-    # Server-Timing entries add up: the primary's own (app, commit) plus this hop's.
-    extra.append(
-        (
-            b"server-timing",
-            f"primary;dur={(answered - started) * 1000:.3f}, replication;dur={waited * 1000:.3f}".encode(),
-        )
-    )
+    # One Server-Timing header: the primary's own entries (app, commit) followed by this hop's.
+    passed = end_to_end(list(response.headers.raw), also=_NOT_PASSED_BACK)
+    timings = [v for k, v in passed if k.lower() == b"server-timing"]
+    timings.append(f"primary;dur={(answered - started) * 1000:.3f}, replication;dur={waited * 1000:.3f}".encode())
+    extra.append((b"server-timing", b", ".join(timings)))
     start: Message = {
         "type": "http.response.start",
         "status": response.status_code,
-        "headers": end_to_end(list(response.headers.raw), also=_NOT_PASSED_BACK) + extra,
+        "headers": [(k, v) for k, v in passed if k.lower() != b"server-timing"] + extra,
     }
     await send(start)
     with talking_to_primary(what, str(client.base_url)):

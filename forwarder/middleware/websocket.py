@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 
-import anyio
-from starlette.types import Message, Receive, Scope, Send
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from starlette.types import Receive, Scope, Send
+from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from ..logsafe import clean
 from ..node_headers import CLIENT_HEADERS, PREFIX, end_to_end, sign_node_headers, with_forwarded_for
 from ..runtime import Forwarder
+from ..websocket_relay import connect_upstream, relay
 from . import headers as h
 from .target import upstream_url
 
@@ -55,15 +54,6 @@ def _upstream_headers(forwarder: Forwarder, scope: Scope) -> list[tuple[str, str
     return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in out]
 
 
-def _sendable(code: object) -> int:
-    """A close code that may be sent in a close frame (RFC 6455 section 7.4); 1000 otherwise."""
-    if isinstance(code, int) and (
-        code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011) or 3000 <= code < 5000
-    ):
-        return code
-    return 1000
-
-
 async def relay_websocket(forwarder: Forwarder, scope: Scope, receive: Receive, send: Send) -> None:
     """Open the same websocket on the primary and relay messages both ways until either side closes."""
     connect_message = await receive()
@@ -71,13 +61,11 @@ async def relay_websocket(forwarder: Forwarder, scope: Scope, receive: Receive, 
         return
     url = upstream_url(forwarder.topology.primary_url or "", scope, websocket=True)
     try:
-        upstream = await connect(
+        upstream = await connect_upstream(
             url,
-            additional_headers=_upstream_headers(forwarder, scope),
-            subprotocols=scope.get("subprotocols") or None,
+            headers=_upstream_headers(forwarder, scope),
+            subprotocols=scope.get("subprotocols"),
             open_timeout=forwarder.connect_timeout,
-            max_size=None,
-            compression=None,
         )
     except InvalidStatus as exc:
         status = exc.response.status_code
@@ -98,52 +86,8 @@ async def relay_websocket(forwarder: Forwarder, scope: Scope, receive: Receive, 
                 "headers": [(h.NODE, (forwarder.topology.primary_id or "").encode()), (h.FORWARDED_VIA, b"proxy")],
             }
         )
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_client_to_primary, receive, upstream)
-            await _primary_to_client(upstream, send)
-            tg.cancel_scope.cancel()
-
-
-async def _client_to_primary(receive: Receive, upstream: ClientConnection) -> None:
-    try:
-        await _copy_to_primary(receive, upstream)
-    except (ConnectionClosed, OSError) as exc:  # the client or the primary reset the connection
-        logger.info("websocket relay to the primary ended: %s", exc)
-        await upstream.close()
-
-
-async def _copy_to_primary(receive: Receive, upstream: ClientConnection) -> None:
-    while True:
-        message: Message = await receive()
-        if message["type"] == "websocket.disconnect":
-            # A close without a status code arrives as 1005, which must not be sent on: 1000 then.
-            reason = message.get("reason") or ""
-            await upstream.close(
-                code=_sendable(message.get("code", 1000)), reason=reason if isinstance(reason, str) else ""
-            )
-            return
-        if message["type"] == "websocket.receive":
-            text = message.get("text")
-            try:
-                await upstream.send(text if text is not None else message.get("bytes") or b"")
-            except ConnectionClosed:
-                return
-
-
-async def _primary_to_client(upstream: ClientConnection, send: Send) -> None:
-    try:
-        async for data in upstream:
-            if isinstance(data, str):
-                await send({"type": "websocket.send", "text": data})
-            else:
-                await send({"type": "websocket.send", "bytes": data})
-    except (ConnectionClosed, OSError):  # the primary reset the connection, or the client is gone
-        pass
-    code = _sendable(upstream.close_code)
-    try:
-        await send({"type": "websocket.close", "code": code, "reason": upstream.close_reason or ""})
-    except Exception:  # the client is already gone
-        pass
+        end = await relay(receive, send, upstream)
+    logger.info("websocket %s relayed to the primary ended by the %s (%d)", clean(scope["path"]), end.by, end.code)
 
 
 async def _refuse(scope: Scope, send: Send, status: int, message: str) -> None:

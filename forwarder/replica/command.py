@@ -68,7 +68,7 @@ def add_parser(commands: Any) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     """Run the supervisor until SIGTERM or SIGINT."""
-    from ..dev.replay import parse_duration
+    from ..dev.edge import parse_duration
 
     store = parse_store(args.store)
     intervals = recommended_intervals(store)

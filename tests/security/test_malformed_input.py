@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.abc
 import httpx
 import pytest
-from starlette.types import Message
-from websockets.exceptions import ConnectionClosedError
 
 from forwarder.dev import Cluster
 from forwarder.dev.edge import Edge, EdgeNode
-from forwarder.middleware import websocket as relay
 
 from ..unit.asgi import body_of, call, http_scope, status_of
 from .harness import nodes
@@ -58,61 +55,8 @@ async def test_an_absolute_form_target_at_the_edge_is_400_without_contacting_a_n
         await edge.aclose()
 
 
-class _Upstream:
-    """Stands in for the websocket to the primary."""
-
-    def __init__(self, *, fail: BaseException | None = None) -> None:
-        self.closed_with: list[int] = []
-        self.fail = fail
-        self.close_code: int | None = 1006
-        self.close_reason = ""
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        if not 1000 <= code < 5000 or code in (1005, 1006):
-            raise ValueError(f"invalid close code {code}")  # what websockets does
-        self.closed_with.append(code)
-
-    async def send(self, data: Any) -> None:
-        if self.fail is not None:
-            raise self.fail
-
-    def __aiter__(self) -> _Upstream:
-        return self
-
-    async def __anext__(self) -> str:
-        raise ConnectionClosedError(None, None)  # the primary reset the connection
-
-
-@pytest.mark.parametrize("code", [1005, 1006, None, 999, 5000, "x"])
-async def test_a_client_closing_without_a_status_code_closes_the_primary_side_cleanly(code: object) -> None:
-    upstream = _Upstream()
-
-    async def receive() -> Message:
-        return {"type": "websocket.disconnect", "code": code}
-
-    with anyio.fail_after(5):
-        await relay._client_to_primary(receive, upstream)  # type: ignore[arg-type]
-    assert upstream.closed_with == [1000]
-
-
-async def test_a_reset_mid_relay_ends_the_relay_without_an_error() -> None:
-    upstream = _Upstream(fail=ConnectionResetError("reset by peer"))
-    messages = iter([{"type": "websocket.receive", "text": "hi"}])
-
-    async def receive() -> Message:
-        return next(messages)
-
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-        raise OSError("client gone")
-
-    with anyio.fail_after(5):
-        await relay._client_to_primary(receive, upstream)  # type: ignore[arg-type]
-        await relay._primary_to_client(upstream, send)  # type: ignore[arg-type]
-    assert upstream.closed_with == [1000]
-    assert sent == [{"type": "websocket.close", "code": 1000, "reason": ""}]
+# The relay's close and reset paths, one by one and through both of its users, are in
+# tests/unit/test_websocket_relay.py; here a real cluster shows them end to end.
 
 
 @pytest.mark.e2e
@@ -150,6 +94,26 @@ async def _relayed_websocket(url: str) -> anyio.abc.SocketStream:
     return stream
 
 
+async def _close_without_status(url: str) -> None:
+    """A close frame without a status code (masked, empty payload): the relay must not send 1005 on."""
+    stream = await _relayed_websocket(url)
+    await stream.send(b"\x88\x80\x00\x00\x00\x00")
+    try:
+        while await stream.receive():
+            pass
+    except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError):
+        pass
+    await stream.aclose()
+
+
+async def _reset(url: str) -> None:
+    """A reset mid-relay: the TCP connection dies without any close frame."""
+    stream = await _relayed_websocket(url)
+    raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await stream.aclose()
+
+
 def _log_text(cluster: Cluster, node_id: str) -> str:
     return (cluster.logs_dir / f"{node_id}.log").read_text(errors="replace")
 
@@ -171,26 +135,30 @@ async def _relay_gone(port: int, baseline: int) -> None:
 
 
 @pytest.mark.e2e
+async def test_the_edge_relay_survives_a_close_without_status_and_a_reset(
+    real_cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same through the edge, which runs in this process: its errors would be logged here."""
+    assert real_cluster.edge_url is not None
+    with anyio.fail_after(20), caplog.at_level(logging.WARNING):
+        await _close_without_status(real_cluster.edge_url)
+        await _reset(real_cluster.edge_url)
+        await anyio.sleep(0.5)  # the edge notices the reset and closes its side
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert errors == [], [r.getMessage() for r in errors]
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(real_cluster.edge_url + "/")).status_code == 200  # the edge still serves
+
+
+@pytest.mark.e2e
 async def test_the_websocket_relay_survives_a_close_without_status_and_a_reset(real_cluster: Cluster) -> None:
     replica = real_cluster.replicas[0]
     primary_port = address(real_cluster.primary.url)[1]
     baseline = _connections_to(primary_port)  # the replica's keep-alive pool to the primary
     with anyio.fail_after(20):
-        # A close frame without a status code (masked, empty payload): the relay must not send 1005 on.
-        stream = await _relayed_websocket(replica.url)
-        await stream.send(b"\x88\x80\x00\x00\x00\x00")
-        try:
-            while await stream.receive():
-                pass
-        except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError):
-            pass
-        await stream.aclose()
+        await _close_without_status(replica.url)
         await _relay_gone(primary_port, baseline)
-        # A reset mid-relay: the TCP connection dies without any close frame.
-        stream = await _relayed_websocket(replica.url)
-        raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        await stream.aclose()
+        await _reset(replica.url)
         await _relay_gone(primary_port, baseline)
     log = _log_text(real_cluster, replica.id)
     assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-3000:]

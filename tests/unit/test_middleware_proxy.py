@@ -73,6 +73,9 @@ async def test_a_write_on_a_replica_is_forwarded_and_answered_once_the_replica_h
     assert response.headers["forwarder-node"] == "node-p"
     assert response.headers["forwarder-forwarded"] == "proxy"
     assert response.headers["forwarder-txid"] == "0000000000000001"
+    # One Server-Timing header: the primary's entries, then this hop's.
+    (timing,) = response.headers.get_list("server-timing")
+    assert [entry.strip().split(";")[0] for entry in timing.split(",")] == ["app", "commit", "primary", "replication"]
 
 
 @pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import sys
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
 
-__all__ = ["STOP_TIMEOUT", "ManagedProcess", "tail"]
+__all__ = ["ManagedProcess", "STOP_TIMEOUT", "find_executable", "tail"]
 
 STOP_TIMEOUT = 5.0
 """Seconds a process gets to exit after SIGTERM before SIGKILL (Litestream's shutdown sync can take > 1 s)."""
@@ -105,3 +107,11 @@ def tail(path: Path, lines: int = 40, *, start: int = 0) -> str:
     except FileNotFoundError:
         return ""
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+def find_executable(name: str) -> str | None:
+    """`name` installed next to this Python (a wheel's console script or binary) first, then on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(name)

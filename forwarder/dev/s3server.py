@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
 
+from .._process import find_executable
 from ..store import S3Store
 from .processes import ClusterError, ManagedProcess, free_port
 
@@ -137,10 +136,7 @@ class LocalS3Server:
 
 
 def _moto_server() -> str:
-    beside = Path(sys.executable).parent / "moto_server"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which("moto_server")
+    found = find_executable("moto_server")
     if found is not None:
         return found
     raise ClusterError(

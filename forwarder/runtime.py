@@ -17,6 +17,7 @@ from . import context
 from ._http import ShardedTransport, node_client
 from .database import Database
 from .engines.base import Engine, PrimaryInfo, Role
+from .engines.factory import engine_from
 from .exceptions import ConfigurationError, ForwarderError, ReplicationTimeout
 from .lag import LagMeter
 from .logs import LogLevel, install_default_handler
@@ -24,7 +25,9 @@ from .metrics import Metrics
 from .policy import RoutingPolicy
 from .rpc.client import RPCClient
 from .rpc.registry import Registry, RemoteFunction, default_registry
+from .rpc.seen import SeenCalls, seen_calls_for
 from .rpc.signing import SignatureVerifier
+from .security import SecurityPolicy
 from .settings import ForwarderSettings
 from .topology import Topology
 from .tracker import Tracker
@@ -33,6 +36,9 @@ from .txid import Txid
 __all__ = ["Forwarder"]
 
 logger = logging.getLogger("forwarder")
+
+KEEPALIVE_EXPIRY = 2.0
+"""Seconds an idle connection to the primary is kept; under uvicorn's default `--timeout-keep-alive` (5)."""
 
 
 class _State(enum.Enum):
@@ -72,12 +78,14 @@ class Forwarder:
         forward_timeout: float = 30.0,
         connect_timeout: float = 2.0,
         replication_timeout: float = 5.0,
+        replica_busy_timeout: float = 0.1,
         signature_max_age: float = 60.0,
         policy: RoutingPolicy | None = None,
         max_lag: float = 30.0,
         lag_probe_interval: float = 0.0,
         transport: httpx.AsyncBaseTransport | None = None,
         log_level: LogLevel | None = None,
+        security: SecurityPolicy | None = None,
     ) -> None:
         if topology.role is Role.REPLICA and not secret:
             raise ConfigurationError(
@@ -92,6 +100,8 @@ class Forwarder:
         self.forward_timeout = forward_timeout
         self.connect_timeout = connect_timeout
         self.replication_timeout = replication_timeout
+        self.replica_busy_timeout = replica_busy_timeout
+        """Busy timeout (seconds) of replica connections: past it a read is served by the primary."""
         self.policy = policy or RoutingPolicy()
         self.max_lag = max_lag
         self.lag_probe_interval = lag_probe_interval
@@ -104,7 +114,15 @@ class Forwarder:
         self._secret = (secret or "").encode()
         self._transport = transport
         self._verifier = SignatureVerifier(self._secret, max_age=signature_max_age) if secret else None
-        self.database = Database(database, is_primary=lambda: self.is_primary) if database else None
+        self.database = (
+            Database(database, is_primary=lambda: self.is_primary, replica_busy_timeout=replica_busy_timeout)
+            if database
+            else None
+        )
+        self.security = security or SecurityPolicy()
+        self.signature_max_age = signature_max_age
+        # RPC request ids already executed: in the replicated database, so restarts and failovers keep them.
+        self.seen_calls: SeenCalls = seen_calls_for(self.database)
         self._client: httpx.AsyncClient | None = None
         self._rpc: RPCClient | None = None
         self._retired: list[httpx.AsyncClient] = []  # pools to former primaries
@@ -125,7 +143,7 @@ class Forwarder:
         settings = settings or ForwarderSettings.load()
         role = settings.resolved_role
         if engine is None:
-            engine = _engine_from(settings)
+            engine = engine_from(settings)
         if role is None:
             # Decided once the engine has started (LiteFS asks /info); until then, take no writes.
             role = "replica"
@@ -150,12 +168,14 @@ class Forwarder:
             forward_timeout=settings.forward_timeout,
             connect_timeout=settings.connect_timeout,
             replication_timeout=settings.replication_timeout,
+            replica_busy_timeout=settings.replica_busy_timeout,
             signature_max_age=settings.signature_max_age,
             policy=settings.routing_policy(),
             max_lag=settings.max_lag,
             lag_probe_interval=settings.lag_probe_interval,
             transport=transport,
             log_level=settings.log_level,
+            security=settings.security_policy(),
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -231,6 +251,11 @@ class Forwarder:
         return self.topology.is_primary
 
     @property
+    def node_secret(self) -> bytes | None:
+        """The cluster secret that signs node headers and RPC calls (None when not set)."""
+        return self._secret or None
+
+    @property
     def signature_verifier(self) -> SignatureVerifier:
         if self._verifier is None:
             raise ConfigurationError(
@@ -250,7 +275,10 @@ class Forwarder:
                     "(or FLY_APP_NAME on Fly, so it can be derived from the primary's machine id)"
                 )
             timeout = httpx.Timeout(self.forward_timeout, connect=self.connect_timeout)
-            limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+            # Idle connections are dropped before uvicorn's own 5 s keep-alive timeout closes them:
+            # a request sent on a connection the primary is closing gets no answer, and for a write
+            # that is a 504 ("may have run") where nothing ran.
+            limits = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE_EXPIRY)
             transport = self._transport or ShardedTransport(limits)
             self._client = node_client(base_url=url, timeout=timeout, transport=transport)
             # The RPC client shares the pool, so it is rebuilt with it.
@@ -355,21 +383,3 @@ class Forwarder:
             return result
         finally:
             self.metrics.rpc(function.name, outcome, time.perf_counter() - started)
-
-
-def _engine_from(settings: ForwarderSettings) -> Engine:
-    if settings.engine == "litestream":
-        from .engines.litestream import LitestreamEngine
-
-        role = Role(settings.resolved_role or "primary")
-        return LitestreamEngine(
-            settings.database, role, socket_path=settings.socket_path, primary_id=settings.primary_id
-        )
-    if settings.engine == "litefs":
-        from .engines.litefs import LiteFSEngine
-
-        # The app opens <mount>/<db>; LiteFS keeps <db>-pos and .primary beside it.
-        return LiteFSEngine(settings.database.parent, settings.database.name, api_url=settings.litefs_api)
-    raise ConfigurationError(
-        "FORWARDER_ENGINE=memory is for tests in one process: build MemoryEngine yourself and pass engine="
-    )

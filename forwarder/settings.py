@@ -6,11 +6,13 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .exceptions import ConfigurationError
 from .policy import CookiePolicy, RoutingPolicy
+from .security import SecurityPolicy
+from .settings_errors import settings_problems
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
@@ -69,6 +71,9 @@ class ForwarderSettings(BaseSettings):
     """Seconds to wait for a connection to the primary before answering 503."""
     replication_timeout: float = Field(5.0, gt=0, validation_alias=_env("replication_timeout"))
     """Seconds a replica waits for its own copy to reach a write's txid."""
+    replica_busy_timeout: float = Field(0.1, gt=0, le=60, validation_alias=_env("replica_busy_timeout"))
+    """Seconds a replica's read waits for SQLite's lock (held by the follower while it applies a batch)
+    before the read is served by the primary instead."""
     signature_max_age: float = Field(60.0, gt=0, validation_alias=_env("signature_max_age"))
     """Seconds an RPC signature stays valid (allowed clock skew between nodes)."""
     mode: Literal["auto", "proxy", "replay"] = Field("auto", validation_alias=_env("mode"))
@@ -99,6 +104,16 @@ class ForwarderSettings(BaseSettings):
     """Seconds between a replica's probes of the primary's txid (for lag); 0 turns probing off."""
     log_level: Literal["debug", "info", "warning", "error", "off"] = Field("info", validation_alias=_env("log_level"))
     """Level of forwarder's own log lines when the app has not configured logging; `off` keeps only errors."""
+    public_health: bool = Field(False, validation_alias=_env("public_health"))
+    """Serve `/_forwarder/health` to requests through the public proxy (metrics and RPC never are)."""
+    rpc_max_body: int = Field(1024 * 1024, ge=1, validation_alias=_env("rpc_max_body"))
+    """Bytes an RPC call's body may have; larger calls get 413 before anything runs."""
+    buffer_body: int = Field(64 * 1024, ge=0, validation_alias=_env("buffer_body"))
+    """Bytes of a forwarded body read in full before a connection to the primary is taken."""
+    body_timeout: float = Field(10.0, gt=0, validation_alias=_env("body_timeout"))
+    """Seconds a client may leave its request body idle before a forward is cut off with 408."""
+    max_streamed_uploads: int = Field(64, ge=1, validation_alias=_env("max_streamed_uploads"))
+    """Forwarded bodies larger than FORWARDER_BUFFER_BODY streamed to the primary at once (pool: 256)."""
 
     @field_validator("read_methods", "passthrough", "always_forward", mode="before")
     @classmethod
@@ -130,13 +145,22 @@ class ForwarderSettings(BaseSettings):
             replay_fallback=self.replay_fallback,
         )
 
-    @model_validator(mode="after")
-    def _check(self) -> ForwarderSettings:
-        if self.primary_url is not None and not self.primary_url.startswith(("http://", "https://")):
-            raise ValueError(
-                f"FORWARDER_PRIMARY_URL must be an http(s) URL like http://10.0.0.2:8080, got {self.primary_url!r}"
-            )
-        return self
+    def security_policy(self) -> SecurityPolicy:
+        """The node's security limits from these settings."""
+        return SecurityPolicy(
+            public_health=self.public_health,
+            rpc_max_body=self.rpc_max_body,
+            buffer_body=self.buffer_body,
+            body_timeout=self.body_timeout,
+            max_streamed_uploads=self.max_streamed_uploads,
+        )
+
+    @field_validator("primary_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL like http://10.0.0.2:8080")
+        return value
 
     @property
     def resolved_role(self) -> Literal["primary", "replica"] | None:
@@ -161,26 +185,31 @@ class ForwarderSettings(BaseSettings):
         try:
             settings = cls(**overrides)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"FORWARDER_{'_'.join(str(p) for p in err['loc']).upper() or '?'}: {err['msg']}" for err in exc.errors()
-            )
-            raise ConfigurationError(f"invalid forwarder settings: {problems}") from None
-        if settings.engine == "litefs" and (settings.secret is None or not settings.secret.get_secret_value()):
-            raise ConfigurationError(
+            raise ConfigurationError(settings_problems(exc, cls)) from None
+        problems = settings.problems()
+        if problems:
+            raise ConfigurationError("; ".join(problems))
+        return settings
+
+    def problems(self) -> list[str]:
+        """What these settings lack for the node they describe (a missing secret or primary URL), one line each."""
+        found: list[str] = []
+        has_secret = self.secret is not None and bool(self.secret.get_secret_value())
+        if self.engine == "litefs" and not has_secret:
+            found.append(
                 "FORWARDER_SECRET is not set: with LiteFS any node can become a replica after a failover and "
                 "must then sign its calls to the primary. Set the same random value on every node, "
                 "e.g. `fly secrets set FORWARDER_SECRET=$(openssl rand -hex 32)`"
             )
-        if settings.resolved_role == "replica":
-            if settings.secret is None or not settings.secret.get_secret_value():
-                raise ConfigurationError(
-                    "FORWARDER_SECRET is not set: a replica signs its calls to the primary with it. "
-                    "Set the same random value on every node, "
-                    "e.g. `fly secrets set FORWARDER_SECRET=$(openssl rand -hex 32)`"
-                )
-            if settings.engine == "litestream" and not settings.primary_url:
-                raise ConfigurationError(
-                    "FORWARDER_PRIMARY_URL is not set: a Litestream replica must know where the primary is "
-                    "(e.g. http://10.0.0.2:8080)"
-                )
-        return settings
+        elif self.resolved_role == "replica" and not has_secret:
+            found.append(
+                "FORWARDER_SECRET is not set: a replica signs its calls to the primary with it. "
+                "Set the same random value on every node, "
+                "e.g. `fly secrets set FORWARDER_SECRET=$(openssl rand -hex 32)`"
+            )
+        if self.resolved_role == "replica" and self.engine == "litestream" and not self.primary_url:
+            found.append(
+                "FORWARDER_PRIMARY_URL is not set: a Litestream replica must know where the primary is "
+                "(e.g. http://10.0.0.2:8080)"
+            )
+        return found

@@ -152,6 +152,9 @@ class _Binding:
         else:
             cparams["database"] = target
         cparams["uri"] = uri
+        if stamp.role is not Role.PRIMARY:
+            # A follower applying a batch holds the lock: past this bound the read goes to the primary.
+            cparams["timeout"] = rule.replica_busy_timeout
 
     def _connect(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         stamp: Stamp = record.info.get(_STAMP, _NO_RULE)

@@ -18,6 +18,8 @@ from typing import Literal
 
 import httpx
 
+from ..engines.litestream_config import Intervals, recommended_intervals
+from ..store import FileStore, Store
 from .edge import Edge, EdgeNode, serve_edge
 from .processes import ClusterError, ManagedProcess, fast_server_options, free_port
 from .replication import Follower, Replicator
@@ -58,8 +60,10 @@ class Cluster:
     """Run `app` (an ASGI "module:attribute") as a primary and `replicas` read replicas on loopback.
 
     Every node is its own uvicorn process with its own database file; the primary's database is
-    replicated by `litestream replicate` into `<data_dir>/replica`, and each replica follows it with
-    `litestream restore -f`. Process output goes to `<data_dir>/logs/<name>.log`.
+    replicated by `litestream replicate` into `store` (default: the directory `<data_dir>/replica`;
+    or an `S3Store`, the off-Fly production topology), and each replica follows it with
+    `litestream restore -f`. `intervals` defaults to the store's recommended ones. Process output
+    goes to `<data_dir>/logs/<name>.log`.
 
     >>> cluster = Cluster(app="example_app.main:app", data_dir=Path("/tmp/cluster"), replicas=2)
     >>> await cluster.start()
@@ -83,6 +87,8 @@ class Cluster:
         edge_port: int = 0,
         latency: Mapping[str, float] | None = None,
         fly_app: str | None = None,
+        store: Store | None = None,
+        intervals: Intervals | None = None,
     ) -> None:
         if replicas < 0:
             raise ValueError(f"replicas must be 0 or more, got {replicas}")
@@ -95,13 +101,19 @@ class Cluster:
         self.env = dict(env or {})
         self.app_dir = app_dir
         self.secret = os.environ.get("FORWARDER_SECRET") or secrets.token_hex(32)
-        self.replica_dir = self.data_dir / "replica"
+        self.store: Store = store if store is not None else FileStore(self.data_dir / "replica")
+        """Where `replicate` writes and every follower restores from."""
+        self.intervals = intervals or recommended_intervals(self.store)
         self.logs_dir = self.data_dir / "logs"
         self.nodes = self._plan(replicas, list(regions or DEFAULT_REGIONS), base_port)
         primary = self.nodes[0]
         self.socket_path = primary.database.parent / "litestream.sock"
         self.replicator = Replicator(
-            primary.database, self.replica_dir, self.socket_path, log_path=self.logs_dir / "node-1-litestream.log"
+            primary.database,
+            self.store,
+            self.socket_path,
+            log_path=self.logs_dir / "node-1-litestream.log",
+            intervals=self.intervals,
         )
         self._watchdog: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
@@ -170,7 +182,7 @@ class Cluster:
             if self._with_edge:
                 await self._start_edge()
             self.write_state()
-            watchdog = Watchdog(self.replicator, self.replicas)
+            watchdog = Watchdog(self.replicas)
             self._watchdog = asyncio.create_task(watchdog.run(), name="forwarder-dev-watchdog")
         except BaseException:
             await self.stop()
@@ -194,7 +206,7 @@ class Cluster:
             self._http = None
 
     def write_state(self) -> Path:
-        """Write `<data_dir>/cluster.json` (secret, nodes with pids, replica dir) and return its path."""
+        """Write `<data_dir>/cluster.json` (secret, nodes with pids, store URL) and return its path."""
         state = {
             "secret": self.secret,
             "nodes": [
@@ -208,7 +220,7 @@ class Cluster:
                 }
                 for n in self.nodes
             ],
-            "replica_dir": str(self.replica_dir),
+            "store": self.store.url(),
             "edge": self.edge_url,
         }
         path = self.data_dir / "cluster.json"
@@ -278,6 +290,10 @@ class Cluster:
         if follower is not None:
             follower.resume()
 
+    def app_env(self, node_id: str) -> dict[str, str]:
+        """The environment node `node_id`'s app starts with (what `forwarder dev` checks first)."""
+        return self._app_env(self.node(node_id))
+
     def _app_env(self, node: NodeProcess) -> dict[str, str]:
         env = dict(os.environ)
         env.pop("FORWARDER_PRIMARY_URL", None)  # from the shell it would turn the primary into a replica
@@ -319,7 +335,12 @@ class Cluster:
     async def _start_follower(self, node: NodeProcess) -> None:
         node.database.parent.mkdir(parents=True, exist_ok=True)
         node.follower = Follower(
-            node.id, node.database, self.replica_dir, log_path=self.logs_dir / f"{node.id}-litestream.log"
+            node.id,
+            node.database,
+            self.store,
+            log_path=self.logs_dir / f"{node.id}-litestream.log",
+            intervals=self.intervals,
+            primary=self.replicator.txid,
         )
         await node.follower.start()
 

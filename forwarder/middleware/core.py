@@ -10,13 +10,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import context
 from ..exceptions import ReplicationTimeout
+from ..logsafe import clean
 from ..policy import RoutingPolicy
 from ..runtime import Forwarder
 from ..txid import Txid
 from . import headers as h
 from .classify import Kind, classify
 from .cookie import clear_cookie, read_cookie, set_cookie, txid_in, txid_token
-from .discovery import BodyRecorder, HeldErrorResponse, needs_primary
+from .discovery import BodyRecorder, HeldErrorResponse, needs_primary, replica_unavailable
+from .guard import admit, sealed
+from .hops import already_hopped, forwarded_as_write, header, later, our_replay
 from .internal import serve_internal
 from .lifespan import run_lifespan
 from .proxy import forward_http, unavailable
@@ -27,10 +30,6 @@ __all__ = ["ForwarderMiddleware"]
 
 logger = logging.getLogger("forwarder.middleware")
 
-# Values of `state=` in our fly-replay headers: a replayed request carrying one of them in
-# `fly-replay-src` has already made its hop.
-_OUR_STATES = h.WRITE_REASONS | {"lag"}
-
 
 class ForwarderMiddleware:
     """Make a multi-node app behave as one node: reads local, writes on the primary.
@@ -38,8 +37,9 @@ class ForwarderMiddleware:
     On the primary every request reaches the app; write responses carry `Forwarder-Txid` and
     the read-your-writes cookie. On a replica, reads are served locally (after waiting for the
     cookie's txid), and writes go to the primary by proxy or `fly-replay` (see `RoutingPolicy`).
-    A read whose app raises SQLite's read-only error, or hits a `@primary_endpoint`, is forwarded
-    before anything reaches the client. `/_forwarder/rpc/<name>` serves `@primary_only` calls,
+    A read whose app raises SQLite's read-only error, hits a `@primary_endpoint`, or finds the
+    copy unreadable (the follower's lock past the busy timeout) is forwarded before anything
+    reaches the client. `/_forwarder/rpc/<name>` serves `@primary_only` calls,
     `/_forwarder/health` and `/_forwarder/metrics` report on the node.
 
     The middleware also starts and stops `forwarder` in the app's lifespan.
@@ -65,6 +65,10 @@ class ForwarderMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        admitted = await admit(self.forwarder, scope, send)  # the target rule, framing, node headers
+        if admitted is None:
+            return
+        scope, send = admitted
         token = context._current.set(self.forwarder)
         try:
             if scope["type"] == "http":
@@ -85,7 +89,7 @@ class ForwarderMiddleware:
         elif self.forwarder.is_primary:
             # A read that a replica sent here because its app tried to write (or hit a
             # @primary_endpoint) is a write here: it gets a txid, the cookie and the replica's wait.
-            is_read = route.kind is Kind.READ and not _forwarded_as_write(scope)
+            is_read = route.kind is Kind.READ and not forwarded_as_write(scope)
             await self._on_primary(scope, receive, send, is_read=is_read)
         elif route.kind is Kind.WRITE:
             await self._forward(scope, receive, send, route.reason)
@@ -140,7 +144,7 @@ class ForwarderMiddleware:
                 cookies.append(value)
             elif key == h.TXID:
                 token = value
-            elif key == h.FORWARDED_BY or (key == b"fly-replay-src" and _our_replay(value)):
+            elif key == h.FORWARDED_BY or (key == b"fly-replay-src" and our_replay(value)):
                 hopped = True
         wanted = None
         if not hopped:
@@ -148,7 +152,7 @@ class ForwarderMiddleware:
                 wanted = txid_in(cookies, self.policy.cookie.name)
             if token is not None:
                 # The header form of the cookie, for API clients that keep no cookies.
-                wanted = _later(wanted, txid_token(token))
+                wanted = later(wanted, txid_token(token))
         if wanted is not None and wanted > forwarder.tracker.position:
             try:
                 await forwarder.wait_for(wanted, cause="cookie")
@@ -175,7 +179,9 @@ class ForwarderMiddleware:
         try:
             await self.app(scope, recorder, held)
         except Exception as exc:
-            reason = needs_primary(exc)
+            # A write (read-only error), a @primary_endpoint, or a copy not readable right now
+            # (the follower's lock past the busy timeout, a restore): the primary answers instead.
+            reason = needs_primary(exc) or replica_unavailable(exc, restoring=not engine.restored)
             if reason is None or held.started:
                 await held.release()
                 raise
@@ -184,7 +190,7 @@ class ForwarderMiddleware:
                 await held.release()
                 raise
             held.discard()
-            logger.info("%s %s needs the primary (%s); forwarding it", scope["method"], scope["path"], reason)
+            logger.info("%s %s needs the primary (%s); forwarding it", scope["method"], clean(scope["path"]), reason)
             await self._forward(scope, receive, send, reason, body=body)
             return
         if held.wrote:
@@ -219,7 +225,7 @@ class ForwarderMiddleware:
     ) -> None:
         """Send a request that must run on the primary there, by replay or by proxy."""
         forwarder = self.forwarder
-        if _already_hopped(scope):
+        if already_hopped(scope):
             # Forwarded once and still not on the primary: the primary is changing. Another hop
             # could loop; the client retries once things settle.
             await unavailable(
@@ -227,15 +233,15 @@ class ForwarderMiddleware:
                 "(the primary is changing); retry shortly"
             )(scope, receive, send)
             return
-        replay_failed = _header(scope, b"fly-replay-failed")
+        replay_failed = header(scope, b"fly-replay-failed")
         if self._replays(scope, body) and replay_failed is None:
-            replay = replay_headers(forwarder.topology, self.policy, reason)
+            replay = sealed(forwarder, scope, replay_headers(forwarder.topology, self.policy, reason))
             if replay is not None:
                 forwarder.metrics.forwarded("replay", reason)
                 logger.info(
                     "replaying %s %s to the primary with fly-replay: %s (%s)",
                     scope["method"],
-                    scope["path"],
+                    clean(scope["path"]),
                     replay[0][1].decode(),
                     reason,
                 )
@@ -319,18 +325,20 @@ class ForwarderMiddleware:
 
     async def _forward_websocket(self, scope: Scope, receive: Receive, send: Send, reason: str) -> None:
         forwarder = self.forwarder
-        if _already_hopped(scope):
+        if already_hopped(scope):
             if supports_denial(scope):
                 await deny_websocket(send, 503, [(b"retry-after", b"1")], b"the primary is changing; retry shortly")
             else:
                 await send({"type": "websocket.close", "code": 1013, "reason": "the primary is changing"})
             return
         wants_replay = self.policy.mode == "replay" or (self.policy.mode == "auto" and came_through_fly_proxy(scope))
-        replay = replay_headers(forwarder.topology, self.policy, reason) if wants_replay else None
+        replay = (
+            sealed(forwarder, scope, replay_headers(forwarder.topology, self.policy, reason)) if wants_replay else None
+        )
         if replay is not None and supports_denial(scope):
             # Never accept (101) on the replica: the Fly proxy replays the handshake itself.
             forwarder.metrics.forwarded("replay", reason)
-            logger.info("replaying websocket %s to the primary (%s)", scope["path"], reason)
+            logger.info("replaying websocket %s to the primary (%s)", clean(scope["path"]), reason)
             await deny_websocket(
                 send, 409, [*replay, (h.NODE, forwarder.topology.node_id.encode()), (h.FORWARDED_VIA, b"replay")]
             )
@@ -343,53 +351,8 @@ class ForwarderMiddleware:
         await run_lifespan(self.app, self.forwarder, scope, receive, send)
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value  # type: ignore[no-any-return]
-    return None
-
-
-def _already_hopped(scope: Scope) -> bool:
-    """Whether this request was already forwarded or replayed by a forwarder node."""
-    if _header(scope, h.FORWARDED_BY) is not None:
-        return True
-    source = _header(scope, b"fly-replay-src")
-    return source is not None and _our_replay(source)
-
-
-def _our_replay(source: bytes) -> bool:
-    """Whether a `fly-replay-src` value names a replay made by a forwarder node (by its `state`)."""
-    return _replay_state(source) in _OUR_STATES
-
-
-def _replay_state(source: bytes) -> str | None:
-    """The `state=` field of a `fly-replay-src` value, if any."""
-    for field in source.decode("latin-1").replace(",", ";").split(";"):
-        key, _, value = field.strip().partition("=")
-        if key.strip() == "state":
-            return value.strip()
-    return None
-
-
 async def _live_position(forwarder: Forwarder) -> Txid:
     try:
         return await forwarder.commit_position()
     except Exception:
         return forwarder.tracker.position
-
-
-def _forwarded_as_write(scope: Scope) -> bool:
-    """Whether a replica forwarded (or replayed) this request because it must run as a write."""
-    for key, value in scope["headers"]:
-        if key == h.REASON:
-            return value.decode("latin-1").strip() in h.WRITE_REASONS
-        if key == b"fly-replay-src":
-            return _replay_state(value) in h.WRITE_REASONS
-    return False
-
-
-def _later(a: Txid | None, b: Txid | None) -> Txid | None:
-    if a is None:
-        return b
-    return a if b is None or a >= b else b

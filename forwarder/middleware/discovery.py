@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from starlette.types import Message, Receive, Send
 
 from ..exceptions import LocalWriteAfterResponse, MustRunOnPrimary
 
-__all__ = ["BodyRecorder", "HeldErrorResponse", "LocalWriteAfterResponse", "needs_primary"]
+__all__ = ["BodyRecorder", "HeldErrorResponse", "LocalWriteAfterResponse", "needs_primary", "replica_unavailable"]
 
 # SQLite's messages for a write on a read-only replica: a `mode=ro` connection or a LiteFS
 # rollback-journal replica says the first, a LiteFS WAL replica the second.
 _READONLY_MESSAGES = ("attempt to write a readonly database", "disk i/o error")
 
 
-def needs_primary(exc: BaseException) -> str | None:
-    """Why `exc` means "run this on the primary" ("readonly", "endpoint"), or None.
+# SQLite's messages when the replica's copy cannot be read right now: the follower holds the lock
+# (it applies a batch, or it is frozen in the middle of one), or the file is not there.
+_UNAVAILABLE_NAMES = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN")
+_UNAVAILABLE_MESSAGES = ("database is locked", "unable to open database file", "database table is locked")
 
-    Looks through `__cause__`/`__context__`, exception groups and wrappers with `.orig`
-    (SQLAlchemy), because frameworks re-raise database errors wrapped.
-    """
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and every exception linked to it: `__cause__`/`__context__`, exception groups and
+    wrappers with `.orig` (SQLAlchemy), because frameworks re-raise database errors wrapped."""
     seen: set[int] = set()
     stack: list[BaseException] = [exc]
     while stack:
@@ -29,17 +32,42 @@ def needs_primary(exc: BaseException) -> str | None:
         if id(current) in seen:
             continue
         seen.add(id(current))
+        yield current
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(current.exceptions)
+        for linked in (current.__cause__, current.__context__, getattr(current, "orig", None)):
+            if isinstance(linked, BaseException):
+                stack.append(linked)
+
+
+def needs_primary(exc: BaseException) -> str | None:
+    """Why `exc` means "run this on the primary" ("readonly", "endpoint"), or None."""
+    for current in _chain(exc):
         if isinstance(current, MustRunOnPrimary):
             return "endpoint"
         if isinstance(current, sqlite3.OperationalError):
             name = getattr(current, "sqlite_errorname", "")
             if name.startswith("SQLITE_READONLY") or str(current).lower() in _READONLY_MESSAGES:
                 return "readonly"
-        if isinstance(current, BaseExceptionGroup):
-            stack.extend(current.exceptions)
-        for linked in (current.__cause__, current.__context__, getattr(current, "orig", None)):
-            if isinstance(linked, BaseException):
-                stack.append(linked)
+    return None
+
+
+def replica_unavailable(exc: BaseException, *, restoring: bool) -> str | None:
+    """Return "unavailable" when `exc` says the replica's copy could not be read right now, else None.
+
+    That is SQLite's lock not granted within the replica busy timeout (the follower is applying
+    a batch, or frozen in one), the file missing (a restore in progress), or, while `restoring`,
+    a missing table (the copy has no schema yet). Such a read is served by the primary instead:
+    the replication engine must never turn a read into an error.
+    """
+    for current in _chain(exc):
+        if isinstance(current, sqlite3.OperationalError):
+            name = getattr(current, "sqlite_errorname", "")
+            message = str(current).lower()
+            if name.startswith(_UNAVAILABLE_NAMES) or message in _UNAVAILABLE_MESSAGES:
+                return "unavailable"
+            if restoring and message.startswith("no such table"):
+                return "unavailable"
     return None
 
 

@@ -5,27 +5,29 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 
+import httpx
 from starlette.responses import PlainTextResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from .._errors import talking_to_primary
 from ..exceptions import ConfigurationError, InvalidTxid, OutcomeUnknown, PrimaryUnavailable, ReplicationTimeout
+from ..logsafe import clean
+from ..node_headers import CLIENT_HEADERS, PREFIX, end_to_end, sign_node_headers, with_forwarded_for
 from ..runtime import Forwarder
 from ..txid import Txid
 from . import headers as h
+from .body import BodyStalled, ClientDisconnected, read_forward_body, stream_rest, upload_slot
+from .target import upstream_url
 
 __all__ = ["ClientDisconnected", "forward_http", "unavailable"]
 
 logger = logging.getLogger("forwarder.middleware")
 
 
-class ClientDisconnected(Exception):
-    """The client went away while its body was being streamed to the primary."""
-
-
 # This node's server adds its own Date and Server; passing the primary's would duplicate them.
-_NOT_PASSED_BACK = h.HOP_BY_HOP | {b"date", b"server"}
+_NOT_PASSED_BACK = frozenset({b"date", b"server"})
 
 
 def unavailable(message: str, *, status: int = 503, retry_after: int | None = 1) -> PlainTextResponse:
@@ -34,14 +36,16 @@ def unavailable(message: str, *, status: int = 503, retry_after: int | None = 1)
 
 
 def _request_headers(scope: Scope, forwarder: Forwarder, reason: str) -> list[tuple[bytes, bytes]]:
-    out = [(k, v) for k, v in scope["headers"] if k.lower() not in h.HOP_BY_HOP]
+    # End-to-end client headers only; the body's framing is httpx's (from what is actually sent);
+    # no client header with our prefix but the read token; X-Forwarded-For appended to.
+    out = [
+        (k, v)
+        for k, v in end_to_end(scope["headers"], also=frozenset({b"content-length"}))
+        if not k.lower().startswith(PREFIX) or k.lower() in CLIENT_HEADERS
+    ]
     names = {k.lower() for k, _ in out}
     client = scope.get("client")
-    if client:
-        xff = next((v for k, v in out if k.lower() == b"x-forwarded-for"), None)
-        ip = client[0].encode()
-        out = [(k, v) for k, v in out if k.lower() != b"x-forwarded-for"]
-        out.append((b"x-forwarded-for", xff + b", " + ip if xff else ip))
+    out = with_forwarded_for(out, client[0] if client else None)
     if b"x-forwarded-proto" not in names:
         out.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
     host = next((v for k, v in out if k.lower() == b"host"), None)
@@ -49,28 +53,13 @@ def _request_headers(scope: Scope, forwarder: Forwarder, reason: str) -> list[tu
         out.append((b"x-forwarded-host", host))
     out.append((h.FORWARDED_BY, forwarder.topology.node_id.encode()))
     out.append((h.REASON, reason.encode()))
-    return out
+    return _signed(scope, forwarder, out)
 
 
-def _target(scope: Scope) -> str:
-    path: bytes = scope.get("raw_path") or scope["path"].encode()
-    query: bytes = scope.get("query_string", b"")
-    return (path + (b"?" + query if query else b"")).decode("latin-1")
-
-
-async def _body(receive: Receive, buffered: bytes | None) -> AsyncIterator[bytes]:
-    if buffered is not None:
-        yield buffered
-        return
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected()
-        chunk = message.get("body", b"")
-        if chunk:
-            yield chunk
-        if not message.get("more_body", False):
-            return
+def _signed(scope: Scope, forwarder: Forwarder, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Every `forwarder-*` header this node sends, signed (see `node_headers`)."""
+    secret = forwarder.node_secret
+    return sign_node_headers(secret, scope["method"], scope["path"], headers) if secret else headers
 
 
 async def forward_http(
@@ -89,76 +78,107 @@ async def forward_http(
     write may have run.
     """
     started = time.perf_counter()
-    method = scope["method"]
-    target = _target(scope)
-    what = f"forwarding {method} {scope['path']}"
-    try:
-        client = forwarder.client
-        request = client.build_request(
-            method, target, headers=_request_headers(scope, forwarder, reason), content=_body(receive, body)
-        )
-        with talking_to_primary(what, str(client.base_url)):
-            response = await client.send(request, stream=True)
-    except ConfigurationError as exc:
-        await unavailable(f"{what}: {exc}")(scope, receive, send)
-        return
-    except PrimaryUnavailable as exc:
-        logger.warning("%s", exc)
-        await unavailable(str(exc))(scope, receive, send)
-        return
-    except OutcomeUnknown as exc:
-        logger.error("%s", exc)
-        await unavailable(str(exc), status=504, retry_after=None)(scope, receive, send)
-        return
-    except ClientDisconnected:
+    what = f"forwarding {clean(scope['method'])} {clean(scope['path'])}"
+    async with AsyncExitStack() as stack:
+        try:
+            content = await _content(forwarder, receive, body, stack)
+            client = forwarder.client
+            url = upstream_url(str(client.base_url), scope)
+            request = client.build_request(
+                scope["method"], url, headers=_request_headers(scope, forwarder, reason), content=content
+            )
+            with talking_to_primary(what, str(client.base_url)):
+                response = await client.send(request, stream=True)
+        except (BodyStalled, ClientDisconnected, ConfigurationError, PrimaryUnavailable, OutcomeUnknown) as exc:
+            await _refused(exc, what, scope, receive, send)
+            return
+        try:
+            await _answer(forwarder, response, what, started, reason, scope, send)
+        finally:
+            await response.aclose()
+
+
+async def _content(
+    forwarder: Forwarder, receive: Receive, body: bytes | None, stack: AsyncExitStack
+) -> bytes | AsyncIterator[bytes]:
+    """The body to send: bytes when it fits `buffer_body` (read before a connection is taken), else
+    a stream holding one of the node's upload slots (released by `stack`)."""
+    if body is not None:
+        return body
+    security = forwarder.security
+    read = await read_forward_body(receive, security.buffer_body, security.body_timeout)
+    if read.complete:
+        return read.prefix
+    await stack.enter_async_context(upload_slot(forwarder))
+    return stream_rest(read.prefix, receive, security.body_timeout)
+
+
+async def _refused(exc: Exception, what: str, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer for a forward that got no response from the primary."""
+    if isinstance(exc, ClientDisconnected):
         logger.info("%s: client disconnected while sending the body; not forwarded", what)
         return
+    response: PlainTextResponse
+    if isinstance(exc, BodyStalled):
+        logger.info("%s: %s", what, exc)
+        response = unavailable(str(exc), status=408, retry_after=None)
+    elif isinstance(exc, ConfigurationError):
+        response = unavailable(f"{what}: {exc}")
+    elif isinstance(exc, OutcomeUnknown):
+        logger.error("%s", exc)
+        response = unavailable(str(exc), status=504, retry_after=None)
+    else:
+        logger.warning("%s", exc)
+        response = unavailable(str(exc))
+    await response(scope, receive, send)
 
-    try:
-        extra: list[tuple[bytes, bytes]] = [(h.FORWARDED_VIA, b"proxy")]
-        txid_text = response.headers.get("forwarder-txid")
-        answered = time.perf_counter()
-        waited = 0.0
-        # A copy that is restoring, or that the app wrote to, is not read from until it is whole
-        # again (reads go to the primary), so there is nothing to wait for on it.
-        usable = forwarder.engine.restored and forwarder.engine.problem is None
-        if txid_text and usable:
-            wait_started = time.perf_counter()
-            try:
-                await forwarder.wait_for(Txid.parse(txid_text))
-            except ReplicationTimeout as exc:
-                logger.warning("%s: committed on the primary, but %s", what, exc)
-                extra.append((h.STALE, b"1"))
-            except InvalidTxid:
-                logger.warning("%s: the primary sent a malformed Forwarder-Txid %r", what, txid_text)
-            waited = time.perf_counter() - wait_started
-        # Server-Timing entries add up: the primary's own (app, commit) plus this hop's.
-        extra.append(
-            (
-                b"server-timing",
-                f"primary;dur={(answered - started) * 1000:.3f}, replication;dur={waited * 1000:.3f}".encode(),
-            )
-        )
-        start: Message = {
-            "type": "http.response.start",
-            "status": response.status_code,
-            "headers": [(k, v) for k, v in response.headers.raw if k.lower() not in _NOT_PASSED_BACK] + extra,
-        }
-        await send(start)
-        with talking_to_primary(what, str(client.base_url)):
-            async for chunk in response.aiter_raw():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-        logger.info(
-            "forwarded %s %s to primary %s: %d, txid %s, waited %.1f ms, total %.1f ms (%s)",
-            method,
-            scope["path"],
-            forwarder.topology.primary_id or forwarder.topology.primary_url,
-            response.status_code,
-            txid_text or "-",
-            waited * 1000,
-            (time.perf_counter() - started) * 1000,
-            reason,
-        )
-    finally:
-        await response.aclose()
+
+async def _answer(
+    forwarder: Forwarder, response: httpx.Response, what: str, started: float, reason: str, scope: Scope, send: Send
+) -> None:
+    """Wait until this replica holds the primary's txid, then stream the primary's response back."""
+    method = scope["method"]
+    client = forwarder.client
+    extra: list[tuple[bytes, bytes]] = [(h.FORWARDED_VIA, b"proxy")]
+    txid_text = response.headers.get("forwarder-txid")
+    answered = time.perf_counter()
+    waited = 0.0
+    # A copy that is restoring, or that the app wrote to, is not read from until it is whole
+    # again (reads go to the primary), so there is nothing to wait for on it.
+    usable = forwarder.engine.restored and forwarder.engine.problem is None
+    if txid_text and usable:
+        wait_started = time.perf_counter()
+        try:
+            await forwarder.wait_for(Txid.parse(txid_text))
+        except ReplicationTimeout as exc:
+            logger.warning("%s: committed on the primary, but %s", what, exc)
+            extra.append((h.STALE, b"1"))
+        except InvalidTxid:
+            logger.warning("%s: the primary sent a malformed Forwarder-Txid %s", what, clean(txid_text))
+        waited = time.perf_counter() - wait_started
+    # One Server-Timing header: the primary's own entries (app, commit) followed by this hop's.
+    passed = end_to_end(list(response.headers.raw), also=_NOT_PASSED_BACK)
+    timings = [v for k, v in passed if k.lower() == b"server-timing"]
+    timings.append(f"primary;dur={(answered - started) * 1000:.3f}, replication;dur={waited * 1000:.3f}".encode())
+    extra.append((b"server-timing", b", ".join(timings)))
+    start: Message = {
+        "type": "http.response.start",
+        "status": response.status_code,
+        "headers": [(k, v) for k, v in passed if k.lower() != b"server-timing"] + extra,
+    }
+    await send(start)
+    with talking_to_primary(what, str(client.base_url)):
+        async for chunk in response.aiter_raw():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    logger.info(
+        "forwarded %s %s to primary %s: %d, txid %s, waited %.1f ms, total %.1f ms (%s)",
+        clean(method),
+        clean(scope["path"]),
+        forwarder.topology.primary_id or forwarder.topology.primary_url,
+        response.status_code,
+        txid_text or "-",
+        waited * 1000,
+        (time.perf_counter() - started) * 1000,
+        reason,
+    )

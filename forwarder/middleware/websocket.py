@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 
-import anyio
-from starlette.types import Message, Receive, Scope, Send
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from starlette.types import Receive, Scope, Send
+from websockets.exceptions import InvalidHandshake, InvalidStatus
 
+from ..logsafe import clean
+from ..node_headers import CLIENT_HEADERS, PREFIX, end_to_end, sign_node_headers, with_forwarded_for
 from ..runtime import Forwarder
+from ..websocket_relay import connect_upstream, relay
 from . import headers as h
+from .target import upstream_url
 
 __all__ = ["deny_websocket", "relay_websocket", "supports_denial"]
 
@@ -37,21 +39,19 @@ async def deny_websocket(send: Send, status: int, headers: list[tuple[bytes, byt
     await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
 
 
-def _upstream_url(forwarder: Forwarder, scope: Scope) -> str:
-    base = (forwarder.topology.primary_url or "").rstrip("/")
-    base = "ws" + base[len("http") :] if base.startswith("http") else base
-    path: bytes = scope.get("raw_path") or scope["path"].encode()
-    query: bytes = scope.get("query_string", b"")
-    return base + path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
-
-
 def _upstream_headers(forwarder: Forwarder, scope: Scope) -> list[tuple[str, str]]:
-    out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k.lower() not in _NOT_RELAYED]
+    out = [
+        (k, v)
+        for k, v in end_to_end(scope["headers"], also=_NOT_RELAYED)
+        if not k.lower().startswith(PREFIX) or k.lower() in CLIENT_HEADERS
+    ]
     client = scope.get("client")
-    if client:
-        out.append(("x-forwarded-for", client[0]))
-    out.append((h.FORWARDED_BY.decode(), forwarder.topology.node_id))
-    return out
+    out = with_forwarded_for(out, client[0] if client else None)
+    out.append((h.FORWARDED_BY, forwarder.topology.node_id.encode()))
+    secret = forwarder.node_secret
+    if secret:
+        out = sign_node_headers(secret, "GET", scope["path"], out)
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in out]
 
 
 async def relay_websocket(forwarder: Forwarder, scope: Scope, receive: Receive, send: Send) -> None:
@@ -59,27 +59,25 @@ async def relay_websocket(forwarder: Forwarder, scope: Scope, receive: Receive, 
     connect_message = await receive()
     if connect_message["type"] != "websocket.connect":
         return
-    url = _upstream_url(forwarder, scope)
+    url = upstream_url(forwarder.topology.primary_url or "", scope, websocket=True)
     try:
-        upstream = await connect(
+        upstream = await connect_upstream(
             url,
-            additional_headers=_upstream_headers(forwarder, scope),
-            subprotocols=scope.get("subprotocols") or None,
+            headers=_upstream_headers(forwarder, scope),
+            subprotocols=scope.get("subprotocols"),
             open_timeout=forwarder.connect_timeout,
-            max_size=None,
-            compression=None,
         )
     except InvalidStatus as exc:
         status = exc.response.status_code
-        logger.warning("primary refused the websocket %s with %d", scope["path"], status)
+        logger.warning("primary refused the websocket %s with %d", clean(scope["path"]), status)
         await _refuse(scope, send, status, f"the primary answered the websocket handshake with {status}")
         return
     except (OSError, TimeoutError, InvalidHandshake) as exc:
-        logger.warning("cannot open websocket %s on the primary at %s: %s", scope["path"], url, exc)
+        logger.warning("cannot open websocket %s on the primary at %s: %s", clean(scope["path"]), clean(url), exc)
         await _refuse(scope, send, 503, f"cannot reach the primary for this websocket: {exc}")
         return
     forwarder.metrics.forwarded("proxy", "websocket")
-    logger.info("relaying websocket %s to primary %s", scope["path"], forwarder.topology.primary_id)
+    logger.info("relaying websocket %s to primary %s", clean(scope["path"]), forwarder.topology.primary_id)
     async with upstream:
         await send(
             {
@@ -88,40 +86,8 @@ async def relay_websocket(forwarder: Forwarder, scope: Scope, receive: Receive, 
                 "headers": [(h.NODE, (forwarder.topology.primary_id or "").encode()), (h.FORWARDED_VIA, b"proxy")],
             }
         )
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_client_to_primary, receive, upstream)
-            await _primary_to_client(upstream, send)
-            tg.cancel_scope.cancel()
-
-
-async def _client_to_primary(receive: Receive, upstream: ClientConnection) -> None:
-    while True:
-        message: Message = await receive()
-        if message["type"] == "websocket.disconnect":
-            await upstream.close(code=message.get("code", 1000), reason=message.get("reason") or "")
-            return
-        if message["type"] == "websocket.receive":
-            text = message.get("text")
-            try:
-                await upstream.send(text if text is not None else message.get("bytes") or b"")
-            except ConnectionClosed:
-                return
-
-
-async def _primary_to_client(upstream: ClientConnection, send: Send) -> None:
-    try:
-        async for data in upstream:
-            if isinstance(data, str):
-                await send({"type": "websocket.send", "text": data})
-            else:
-                await send({"type": "websocket.send", "bytes": data})
-    except ConnectionClosed:
-        pass
-    code = upstream.close_code or 1000
-    try:
-        await send({"type": "websocket.close", "code": code, "reason": upstream.close_reason or ""})
-    except Exception:  # the client is already gone
-        pass
+        end = await relay(receive, send, upstream)
+    logger.info("websocket %s relayed to the primary ended by the %s (%d)", clean(scope["path"]), end.by, end.code)
 
 
 async def _refuse(scope: Scope, send: Send, status: int, message: str) -> None:

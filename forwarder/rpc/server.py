@@ -5,23 +5,23 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from pydantic import ValidationError
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
-from ..exceptions import RPCAuthError, RPCError, RPCValidationError
+from ..exceptions import ConfigurationError, RPCAuthError, RPCError, RPCValidationError
+from ..logsafe import clean
 from .signing import SIGNATURE_HEADER
 from .wire import RPC_PATH_PREFIX, RPCCall
 
 if TYPE_CHECKING:
     from ..runtime import Forwarder
 
-__all__ = ["MAX_RPC_BODY", "serve_rpc"]
+__all__ = ["serve_rpc"]
 
 logger = logging.getLogger("forwarder.rpc")
-
-MAX_RPC_BODY = 8 * 1024 * 1024
 
 
 class _Refused(Exception):
@@ -33,17 +33,26 @@ def _failure(status: int, type: str, message: str, *, retryable: bool = False) -
     return JSONResponse({"error": {"type": type, "message": message, "retryable": retryable}}, status_code=status)
 
 
-async def _read_body(receive: Receive) -> bytes:
+def _too_large(limit: int) -> _Refused:
+    return _Refused(413, "BodyTooLarge", f"RPC bodies are limited to {limit} bytes (FORWARDER_RPC_MAX_BODY)")
+
+
+async def _read_body(receive: Receive, limit: int, timeout: float) -> bytes:
+    """The body, counted while it is read: past `limit` bytes the call is refused, whatever
+    Content-Length said; a body idle for `timeout` seconds is refused with 408."""
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        with anyio.move_on_after(timeout) as waited:
+            message = await receive()
+        if waited.cancelled_caught:
+            raise _Refused(408, "BodyTimeout", f"the RPC body stalled for {timeout:g}s (FORWARDER_BODY_TIMEOUT)")
         if message["type"] == "http.disconnect":
             raise _Refused(400, "Disconnected", "the client disconnected before sending the whole body")
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_RPC_BODY:
-            raise _Refused(413, "BodyTooLarge", f"RPC bodies are limited to {MAX_RPC_BODY} bytes")
+        if size > limit:
+            raise _too_large(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
@@ -65,23 +74,51 @@ async def _handle(forwarder: Forwarder, scope: Scope, receive: Receive) -> JSONR
         if "fly-client-ip" in headers:
             # Fly's public proxy adds Fly-Client-IP; calls between nodes go over the private network.
             raise _Refused(403, "Forbidden", "RPC is only served on the private network, not through the public proxy")
-        body = await _read_body(receive)
-        forwarder.signature_verifier.verify(headers.get(SIGNATURE_HEADER), "POST", path, body)
+        try:
+            verifier = forwarder.signature_verifier
+        except ConfigurationError:
+            raise _Refused(
+                503,
+                "NotConfigured",
+                f"node {forwarder.topology.node_id} has no FORWARDER_SECRET, so it cannot check RPC signatures; "
+                "set the same FORWARDER_SECRET on every node",
+            ) from None
+        # Presence, form and age of the signature first: an unsigned call never gets its body read.
+        signature = verifier.parse(headers.get(SIGNATURE_HEADER))
+        limit = forwarder.security.rpc_max_body
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise _too_large(limit)
         if not forwarder.is_primary:
             raise _Refused(
                 503, "NotPrimary", f"node {forwarder.topology.node_id} is not the primary any more", retryable=True
             )
+        body = await _read_body(receive, limit, forwarder.security.body_timeout)
+        verifier.check(signature, "POST", path, body)
         remote = forwarder.registry.get(name)
         try:
             call = RPCCall.model_validate_json(body)
         except ValidationError as exc:
             raise _Refused(400, "BadRequest", f"malformed RPC body: {_summary(exc)}") from None
         args, kwargs = remote.decode_arguments(call.args, call.kwargs)
+        # Recorded and committed before the function runs: a crash after this is "not run", never "run twice".
+        try:
+            first = await forwarder.seen_calls.claim(signature.request_id, verifier.expires(signature))
+        except Exception as exc:
+            logger.error("could not record RPC call %s before running it: %s", signature.request_id, exc)
+            raise _Refused(
+                503,
+                "Unavailable",
+                f"could not record the call before running it ({exc}); it did not run",
+                retryable=True,
+            ) from None
+        if not first:
+            raise RPCAuthError(f"replayed call: request id {signature.request_id} was already executed")
     except _Refused as refused:
         return _failure(refused.status, refused.type, refused.message, retryable=refused.retryable)
     except RPCError as exc:
         if isinstance(exc, RPCAuthError):
-            logger.warning("refused RPC call to %s: %s", name, exc.message)
+            logger.warning("refused RPC call to %s: %s", clean(name), exc.message)
         return _failure(exc.status, type(exc).__name__, exc.message, retryable=exc.retryable)
 
     try:
@@ -94,7 +131,7 @@ async def _handle(forwarder: Forwarder, scope: Scope, receive: Receive) -> JSONR
     except RPCError as exc:
         return _failure(exc.status, type(exc).__name__, exc.message, retryable=exc.retryable)
     except Exception as exc:
-        logger.exception("RPC %s raised", name)
+        logger.exception("RPC %s raised", clean(name))
         return _failure(500, type(exc).__name__, str(exc))
     txid = await forwarder.commit_position()
     return JSONResponse(

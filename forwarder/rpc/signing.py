@@ -8,15 +8,30 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 import uuid
 from collections import OrderedDict
+from dataclasses import dataclass
 
 from ..exceptions import RPCAuthError
 
-__all__ = ["SIGNATURE_HEADER", "SignatureVerifier", "sign"]
+__all__ = ["SIGNATURE_HEADER", "Signature", "SignatureVerifier", "sign"]
 
 SIGNATURE_HEADER = "forwarder-signature"
+
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_HEX_MAC = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A well-formed, unexpired `Forwarder-Signature` whose MAC is still to be checked."""
+
+    timestamp: str
+    request_id: str
+    mac: str
 
 
 def _mac(secret: bytes, timestamp: str, request_id: str, method: str, path: str, body: bytes) -> str:
@@ -49,8 +64,12 @@ class SignatureVerifier:
         self._max_ids = max_ids
         self._seen: OrderedDict[str, float] = OrderedDict()
 
-    def verify(self, header: str | None, method: str, path: str, body: bytes, *, now: float | None = None) -> str:
-        """Return the request id of a valid, fresh, first-seen call; otherwise raise `RPCAuthError`."""
+    @property
+    def max_age(self) -> float:
+        return self._max_age
+
+    def parse(self, header: str | None, *, now: float | None = None) -> Signature:
+        """Check the header's presence, form and age, before anything else is read (`RPCAuthError`)."""
         now = time.time() if now is None else now
         if not header:
             raise RPCAuthError("missing Forwarder-Signature header: calls must be signed with FORWARDER_SECRET")
@@ -60,18 +79,39 @@ class SignatureVerifier:
             if sep:
                 fields[key] = value
         timestamp, request_id, mac = fields.get("t", ""), fields.get("id", ""), fields.get("v1", "")
-        if not (timestamp.isdigit() and request_id and mac):
-            raise RPCAuthError("malformed Forwarder-Signature header: expected t=<unix seconds>,id=<uuid>,v1=<hex>")
-        expected = _mac(self._secret, timestamp, request_id, method, path, body)
-        if not hmac.compare_digest(expected, mac):
+        if not (_TIMESTAMP.fullmatch(timestamp) and _REQUEST_ID.fullmatch(request_id) and _HEX_MAC.fullmatch(mac)):
             raise RPCAuthError(
-                "invalid signature: the nodes do not share the same FORWARDER_SECRET, or the call was altered"
+                "malformed Forwarder-Signature header: expected t=<unix seconds>,id=<uuid>,v1=<64 hex digits>"
             )
         if abs(now - int(timestamp)) > self._max_age:
             raise RPCAuthError(
                 f"expired signature: timestamp is {now - int(timestamp):+.0f}s from this node's clock "
                 f"(window {self._max_age:g}s); check the nodes' clocks"
             )
+        return Signature(timestamp, request_id, mac)
+
+    def check(self, signature: Signature, method: str, path: str, body: bytes) -> None:
+        """Check the MAC over the call (`RPCAuthError` when it does not match)."""
+        expected = _mac(self._secret, signature.timestamp, signature.request_id, method, path, body)
+        if not hmac.compare_digest(expected, signature.mac):
+            raise RPCAuthError(
+                "invalid signature: the nodes do not share the same FORWARDER_SECRET, or the call was altered"
+            )
+
+    def expires(self, signature: Signature) -> int:
+        """Unix time after which this signature is refused as expired (its id can be forgotten then)."""
+        return int(signature.timestamp) + int(self._max_age) + 1
+
+    def verify(self, header: str | None, method: str, path: str, body: bytes, *, now: float | None = None) -> str:
+        """Return the request id of a valid, fresh, first-seen call; otherwise raise `RPCAuthError`.
+
+        Remembers ids in this object's memory; the server uses `parse`, `check` and the node's
+        durable `SeenCalls` instead.
+        """
+        now = time.time() if now is None else now
+        signature = self.parse(header, now=now)
+        self.check(signature, method, path, body)
+        request_id = signature.request_id
         self._forget_before(now - 2 * self._max_age)
         if request_id in self._seen:
             raise RPCAuthError(f"replayed call: request id {request_id} was already executed")

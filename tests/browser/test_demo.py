@@ -58,7 +58,7 @@ async def browser() -> AsyncIterator[Browser]:
     if not CHROMIUM.exists():
         pytest.fail(
             f"{CHROMIUM} does not exist: the browser tests use Debian's Chromium, never a downloaded one; "
-            "install it with `apt-get install chromium` (scripts/install does this when run as root)"
+            "install it with `apt-get install chromium` (`scripts/install --browser` does this when run as root)"
         )
     async with async_playwright() as playwright:
         with anyio.fail_after(30):

@@ -17,6 +17,7 @@ import pytest
 from forwarder.dev.replication import Follower, Replicator
 from forwarder.engines.base import Role
 from forwarder.engines.litestream import LitestreamEngine, litestream_binary, replicate_config
+from forwarder.engines.litestream_config import litestream_environ
 from forwarder.exceptions import EngineError, EngineUnavailable
 from forwarder.tracker import Tracker
 from forwarder.txid import Txid
@@ -51,7 +52,7 @@ async def follower(tmp_path: Path, replicator: Replicator) -> AsyncIterator[Foll
     follower = Follower(
         "replica",
         tmp_path / "replica-node" / "app.db",
-        replicator.replica_dir,
+        replicator.store,
         log_path=tmp_path / "logs" / "follower.log",
     )
     try:
@@ -128,7 +129,8 @@ async def test_concurrent_commit_positions_cover_each_callers_own_write(tmp_path
                 str(txid),
                 "-o",
                 str(restored),
-                f"file://{replicator.replica_dir}",
+                replicator.store.url(),
+                env=litestream_environ(replicator.store),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
             )

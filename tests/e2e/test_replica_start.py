@@ -43,7 +43,7 @@ async def test_a_replica_app_waits_for_the_first_restore_and_serves_from_the_pri
         log = tmp_path / "late.log"
         argv = [sys.executable, "-m", "uvicorn", APP, "--port", str(port), "--app-dir", str(ROOT)]
         app = ManagedProcess("node-late", argv, log_path=log, env=env)
-        follower = Follower("node-late", database, cluster.replica_dir, log_path=tmp_path / "late-litestream.log")
+        follower = Follower("node-late", database, cluster.store, log_path=tmp_path / "late-litestream.log")
         async with httpx.AsyncClient(timeout=10) as client:
             await app.start()
             try:

@@ -68,9 +68,10 @@ def litefs() -> dict[str, Any]:
 
 
 def exec_argv() -> list[str]:
+    """The app's command: the last of litefs.yml's `exec` list (LiteFS runs them in order)."""
     commands = litefs()["exec"]
-    assert len(commands) == 1
-    return shlex.split(commands[0]["cmd"])
+    assert [shlex.split(c["cmd"]) for c in commands[:-1]] == [["forwarder", "check", "--no-primary"]]
+    return shlex.split(commands[-1]["cmd"])
 
 
 def test_fly_toml_uses_only_documented_keys() -> None:
@@ -146,3 +147,12 @@ def test_dockerfile_mounts_litefs_and_installs_the_app() -> None:
     assert re.search(r'ENTRYPOINT \["litefs", "mount"\]', text)
     assert "COPY forwarder ./forwarder" in text and "COPY example_app ./example_app" in text
     assert not re.search(r"^USER ", text, re.M), "LiteFS must run as root"
+
+
+def test_the_node_checks_its_environment_before_the_app_starts() -> None:
+    """`forwarder check` runs first, so a bad setting is one line in the logs, never a traceback."""
+    from forwarder.cli import _parser
+
+    first, _ = litefs()["exec"]
+    args = _parser().parse_args(shlex.split(first["cmd"])[1:])
+    assert args.command == "check" and args.no_primary

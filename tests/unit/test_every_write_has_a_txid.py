@@ -13,8 +13,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from forwarder import Txid
+from forwarder import Forwarder, ForwarderMiddleware, MemoryEngine, MemoryLog, Role, Topology, Txid
 from forwarder.context import current_forwarder
+from forwarder.node_headers import seal_replay
 from forwarder.policy import RoutingPolicy
 
 from .asgi import body_of, call, headers_of, http_scope, status_of
@@ -64,12 +65,21 @@ async def test_a_replayed_late_write_is_a_write_on_the_primary() -> None:
     ref: list[Nodes] = []
     async with two_nodes(lambda: counter(ref)) as nodes:
         ref.append(nodes)
-        replayed = (b"fly-replay-src", b"instance=node-r;region=ams;t=1;state=readonly")
-        sent = await call(nodes.primary_app, http_scope("GET", "/visit", [replayed]))
-        lag_read = (b"fly-replay-src", b"instance=node-r;region=ams;t=1;state=lag")
-        read = await call(nodes.primary_app, http_scope("GET", "/r", [lag_read]))
+        secret = nodes.primary.node_secret
+        assert secret is not None
+
+        def replayed(state: bytes, path: str) -> tuple[bytes, bytes]:
+            # What the Fly proxy sends back: the replica's sealed state, as it answered.
+            sealed = seal_replay(secret, b"instance=node-p;state=" + state, "GET", path).split(b";state=")[1]
+            return (b"fly-replay-src", b"instance=node-r;region=ams;t=1;state=" + sealed)
+
+        sent = await call(nodes.primary_app, http_scope("GET", "/visit", [replayed(b"readonly", "/visit")]))
+        read = await call(nodes.primary_app, http_scope("GET", "/r", [replayed(b"lag", "/r")]))
+        forged = (b"fly-replay-src", b"instance=node-r;region=ams;t=1;state=readonly")
+        unsigned = await call(nodes.primary_app, http_scope("GET", "/r", [forged]))
     assert headers_of(sent)["forwarder-txid"] == ["0000000000000001"]
     assert "forwarder-txid" not in headers_of(read) and "set-cookie" not in headers_of(read)
+    assert "forwarder-txid" not in headers_of(unsigned), "a client's own fly-replay-src made a read a write"
 
 
 async def test_a_read_forwarded_for_lag_is_not_made_a_write() -> None:
@@ -133,3 +143,19 @@ async def test_primary_health_reports_the_engines_position_with_writes_outside_r
         sent = await call(nodes.primary_app, http_scope("GET", "/_forwarder/health"))
     assert json.loads(body_of(sent))["txid"] == "0000000000000004"
     assert nodes.primary.tracker.position == 4
+
+
+async def test_a_primary_without_the_secret_says_so_when_signed_requests_arrive(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    primary = Forwarder(
+        engine=MemoryEngine(MemoryLog(), Role.PRIMARY), topology=Topology("node-p", "fra", Role.PRIMARY)
+    )
+    app = ForwarderMiddleware(
+        Starlette(routes=[Route("/r", lambda request: PlainTextResponse("ok"))]), forwarder=primary
+    )
+    signed = [(b"forwarder-reason", b"readonly"), (b"forwarder-node-signature", b"t=1,v1=00")]
+    async with primary:
+        with caplog.at_level("WARNING", logger="forwarder.middleware"):
+            await call(app, http_scope("GET", "/r", signed))
+    assert "has no FORWARDER_SECRET" in caplog.text

@@ -11,7 +11,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Scope
 
-from .nodes import Nodes, two_nodes
+from forwarder.node_headers import sign_node_headers
+
+from .nodes import SECRET, Nodes, two_nodes
 
 pytestmark = pytest.mark.anyio
 
@@ -71,6 +73,9 @@ async def test_a_write_on_a_replica_is_forwarded_and_answered_once_the_replica_h
     assert response.headers["forwarder-node"] == "node-p"
     assert response.headers["forwarder-forwarded"] == "proxy"
     assert response.headers["forwarder-txid"] == "0000000000000001"
+    # One Server-Timing header: the primary's entries, then this hop's.
+    (timing,) = response.headers.get_list("server-timing")
+    assert [entry.strip().split(";")[0] for entry in timing.split(",")] == ["app", "commit", "primary", "replication"]
 
 
 @pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])
@@ -148,7 +153,8 @@ async def test_a_forwarded_write_landing_on_a_replica_is_not_forwarded_again() -
     ref: list[Nodes] = []
     async with two_nodes(lambda: echo_app(ref)) as nodes:
         async with nodes.client(nodes.replica_app) as client:
-            response = await client.post("/things", headers={"forwarder-forwarded-by": "node-x"})
+            signed = sign_node_headers(SECRET.encode(), "POST", "/things", [(b"forwarder-forwarded-by", b"node-x")])
+            response = await client.post("/things", headers=signed)
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
     assert nodes.log.head == 0
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 
 import anyio
@@ -13,10 +14,11 @@ from starlette.types import Message, Receive, Scope, Send
 
 from forwarder import Txid
 from forwarder.endpoints import primary_endpoint
+from forwarder.node_headers import seal_replay, sign_node_headers
 from forwarder.policy import RoutingPolicy
 
 from .asgi import body_of, call, headers_of, http_scope, status_of
-from .nodes import Nodes, two_nodes
+from .nodes import SECRET, Nodes, two_nodes
 
 pytestmark = pytest.mark.anyio
 
@@ -75,7 +77,8 @@ async def test_replay_mode_answers_fly_replay_without_calling_the_app() -> None:
         sent = await call(nodes.replica_app, http_scope("POST", "/w"), b"hello")
     assert status_of(sent) == 409
     headers = headers_of(sent)
-    assert headers["fly-replay"] == ["instance=node-p;state=method"]
+    # The state is sealed with the cluster secret, so a client cannot forge the replayed hop.
+    assert re.fullmatch(r"instance=node-p;state=method\.\d+\.[0-9a-f]{32}", headers["fly-replay"][0])
     assert headers["forwarder-forwarded"] == ["replay"] and headers["forwarder-node"] == ["node-r"]
     assert body_of(sent) == b""
     assert nodes.log.head == 0
@@ -120,14 +123,19 @@ async def test_replay_falls_back_to_proxy_when_the_primary_is_unknown() -> None:
     [
         (b"fly-replay-src", b"instance=node-r;region=ams;t=1;state=method"),
         (b"fly-replay-src", b"instance=node-r,region=ams,state=readonly"),
-        (b"forwarder-forwarded-by", b"node-q"),
+        (b"forwarder-forwarded-by", b"node-q"),  # signed by a node, as another node sends it
     ],
 )
 async def test_loop_guard(hop: tuple[bytes, bytes]) -> None:
     ref: list[Nodes] = []
+    key = SECRET.encode()
+    if hop[0].startswith(b"forwarder-"):
+        headers = sign_node_headers(key, "POST", "/w", [hop])
+    else:  # a replay made by one of our nodes: its state was sealed by that node
+        headers = [(hop[0], seal_replay(key, hop[1], "POST", "/w"))]
     async with two_nodes(lambda: board(ref), policy=RoutingPolicy(mode="replay")) as nodes:
         ref.append(nodes)
-        sent = await call(nodes.replica_app, http_scope("POST", "/w", [hop]), b"x")
+        sent = await call(nodes.replica_app, http_scope("POST", "/w", headers), b"x")
     assert status_of(sent) == 503 and headers_of(sent)["retry-after"] == ["1"]
     assert b"not the primary" in body_of(sent)
     assert nodes.log.head == 0
@@ -256,7 +264,7 @@ async def test_a_readonly_error_on_a_replica_is_forwarded_not_shown(mode: str) -
         assert body_of(sent) == b"counted on node-p: the body"
     else:
         assert status_of(sent) == 409
-        assert headers_of(sent)["fly-replay"] == ["instance=node-p;state=readonly"]
+        assert re.fullmatch(r"instance=node-p;state=readonly\.\d+\.[0-9a-f]{32}", headers_of(sent)["fly-replay"][0])
     assert [m for m in sent if m["type"] == "http.response.start"][0]["status"] != 500
 
 

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from forwarder.dev.replay import (
+from forwarder.dev.edge.regions import (
     Choice,
     EdgeNode,
-    InvalidReplay,
-    ReplayInstruction,
-    Transform,
     fallback_choice,
     first_choice,
     nodes_in_regions,
-    parse_duration,
     parse_latency,
     parse_region_list,
+    replay_choice,
+)
+from forwarder.dev.edge.replay import (
+    InvalidReplay,
+    ReplayInstruction,
+    Transform,
+    parse_duration,
     parse_replay_header,
     parse_replay_json,
-    replay_choice,
 )
 
 N1 = EdgeNode("n1", "fra", "http://n1")

@@ -1,0 +1,126 @@
+"""The middleware's entry checks, before anything is classified, served or forwarded.
+
+1. the target rule (`target.py`): 400 for anything but an origin-form target;
+2. framing: 400 for Transfer-Encoding with Content-Length, or a bad or conflicting Content-Length;
+3. node headers (`node_headers.py`): unsigned `forwarder-*` claims are dropped from the scope, and
+   a `fly-replay-src` state no node sealed is removed (the `fly-replay` states this node answers
+   with are sealed where they are made: `sealed`);
+4. `/_forwarder/*` is private: 403 through the public proxy (`Fly-Client-IP`), except
+   `/_forwarder/health` when `FORWARDER_PUBLIC_HEALTH=true`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.types import Scope, Send
+
+from ..logsafe import clean
+from ..node_headers import NODE_SIGNATURE, opened_replay_source, seal_replay, verified_headers
+from ..runtime import Forwarder
+from .classify import INTERNAL_PREFIX
+from .replay import came_through_fly_proxy
+from .target import target_problem
+from .websocket import deny_websocket, supports_denial
+
+__all__ = ["admit", "framing_problem", "refuse", "sealed"]
+
+logger = logging.getLogger("forwarder.middleware")
+
+HEALTH_PATH = INTERNAL_PREFIX + "health"
+
+
+def framing_problem(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """Why the request's body framing is refused (RFC 9112 section 6.3), or None."""
+    lengths: set[bytes] = set()
+    chunked = False
+    for key, value in headers:
+        name = key.lower()
+        if name == b"content-length":
+            lengths.update(part.strip() for part in value.split(b","))
+        elif name == b"transfer-encoding":
+            chunked = True
+    if chunked and lengths:
+        return "the request has both Transfer-Encoding and Content-Length; send one of them"
+    if len(lengths) > 1:
+        return "the request has conflicting Content-Length values"
+    if lengths and not next(iter(lengths)).isdigit():
+        return "the request's Content-Length is not a number"
+    return None
+
+
+async def refuse(scope: Scope, send: Send, status: int, message: str) -> None:
+    """Answer with `status` and a plain-text message (a websocket handshake is denied or closed)."""
+    body = (message + "\n").encode()
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+    if scope["type"] == "websocket":
+        if supports_denial(scope):
+            await deny_websocket(send, status, headers, body)
+        else:
+            await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
+        return
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def admit(forwarder: Forwarder, scope: Scope, send: Send) -> tuple[Scope, Send] | None:
+    """The scope (node headers checked) and send to serve the request with, or None when the
+    request was refused here."""
+    problem = target_problem(scope)
+    if problem is None and scope["type"] == "http":
+        problem = framing_problem(scope["headers"])
+    if problem is not None:
+        logger.info("refused %s %s: %s", clean(scope.get("method", "GET")), clean(scope.get("raw_path", "")), problem)
+        await refuse(scope, send, 400, problem)
+        return None
+    method = scope.get("method", "GET")
+    headers, dropped = verified_headers(
+        forwarder.node_secret, method, scope["path"], scope["headers"], max_age=forwarder.signature_max_age
+    )
+    if dropped:
+        if forwarder.node_secret is None and any(k == NODE_SIGNATURE for k, _ in scope["headers"]):
+            # A replica signed them, but this node cannot check: forwarded reads lose their reason.
+            logger.warning(
+                "a forwarded request arrived signed, but this node has no FORWARDER_SECRET to check it; "
+                "set the same FORWARDER_SECRET on every node"
+            )
+        logger.info(
+            "ignored node headers no node signed (%s) on %s %s",
+            clean(b", ".join(dropped)),
+            clean(method),
+            clean(scope["path"]),
+        )
+        scope = {**scope, "headers": headers}
+    secret = forwarder.node_secret
+    if any(k == b"fly-replay-src" for k, _ in headers):
+        opened = [
+            (k, opened_replay_source(secret, v, method, scope["path"], max_age=forwarder.signature_max_age))
+            if k == b"fly-replay-src"
+            else (k, v)
+            for k, v in headers
+        ]
+        scope = {**scope, "headers": opened}
+    path: str = scope["path"]
+    if path.startswith(INTERNAL_PREFIX) and came_through_fly_proxy(scope):
+        if not (path == HEALTH_PATH and forwarder.security.public_health):
+            await refuse(
+                scope,
+                send,
+                403,
+                f"{INTERNAL_PREFIX}* is served on the private network only, not through the public proxy "
+                "(Fly-Client-IP present); set FORWARDER_PUBLIC_HEALTH=true to expose /_forwarder/health",
+            )
+            return None
+    return scope, send
+
+
+def sealed(
+    forwarder: Forwarder, scope: Scope, replay: list[tuple[bytes, bytes]] | None
+) -> list[tuple[bytes, bytes]] | None:
+    """The `fly-replay` headers this node answers with, their `state=<reason>` sealed for this request
+    (a state no node sealed is removed on arrival; see `opened_replay_source`)."""
+    secret = forwarder.node_secret
+    if replay is None or secret is None:
+        return replay
+    method, path = scope.get("method", "GET"), scope["path"]
+    return [(k, seal_replay(secret, v, method, path)) if k == b"fly-replay" else (k, v) for k, v in replay]

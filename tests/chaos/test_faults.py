@@ -1,0 +1,135 @@
+"""Fault and load scenarios on a real 3-node cluster (Litestream, uvicorn, the edge), loopback only.
+
+Each is bounded in requests and time. CI runs them at `CHAOS_REQUESTS` (default 2,000 for the load
+scenario); `scripts/chaos` runs the full 20,000. Pass criteria: 0 errors apart from 503 with
+Retry-After while the primary is down; 0 acknowledged writes lost or doubled; no 503 applied;
+read-your-writes for every acknowledged write; every replica equal to the primary at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from forwarder.dev import Cluster
+from tests.chaos.harness import Tally, check_writes, converge, holds_lock, restores, traffic
+from tests.e2e.conftest import running_cluster
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+ROOT = Path(__file__).resolve().parents[2]
+LOAD_REQUESTS = int(os.environ.get("CHAOS_REQUESTS", "2000"))
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with running_cluster(app="tests.chaos.app:app", data_dir=tmp_path / "c", replicas=2, app_dir=ROOT) as c:
+        yield c
+
+
+def report(name: str, tally: Tally, checks: dict[str, int], converge_s: float, cluster: Cluster) -> None:
+    print(f"\n[{name}] {tally.summary()}; {checks}; converged in {converge_s:.2f}s; re-restores {restores(cluster)}")
+
+
+async def finish(name: str, cluster: Cluster, tally: Tally) -> None:
+    converge_s = await converge(cluster)
+    checks = check_writes(cluster, tally)
+    report(name, tally, checks, converge_s, cluster)
+    assert tally.errors == {}, tally.errors
+    assert checks["lost"] == checks["doubled"] == checks["503 applied"] == checks["replicas differing"] == 0, checks
+    assert tally.ryw_checked == len(tally.acknowledged)
+
+
+async def test_mixed_load_through_replicas_and_the_edge(cluster: Cluster) -> None:
+    tally = Tally()
+    with anyio.fail_after(900):
+        await traffic(cluster, tally, total=LOAD_REQUESTS, concurrency=48)
+        await finish(f"{LOAD_REQUESTS} mixed at 48", cluster, tally)
+    assert tally.requests >= LOAD_REQUESTS
+
+
+async def test_a_follower_frozen_holding_the_lock(cluster: Cluster) -> None:
+    """SIGSTOP the follower while it holds SQLite's lock, for longer than the replication timeout."""
+    tally = Tally()
+    node = cluster.replicas[0]
+    assert node.follower is not None and node.follower.process is not None
+    pid = node.follower.process.pid
+    assert pid is not None
+    with anyio.fail_after(300):
+        load = asyncio.create_task(traffic(cluster, tally, total=100_000, concurrency=8, deadline=14))
+        frozen_at = None
+        while frozen_at is None and not load.done():
+            if holds_lock(pid):
+                os.kill(pid, signal.SIGSTOP)
+                if holds_lock(pid):
+                    frozen_at = time.monotonic()
+                else:
+                    os.kill(pid, signal.SIGCONT)
+            await asyncio.sleep(0)
+        assert frozen_at is not None, "the follower never held a lock under write load"
+        await load
+        healed = node.follower.restores
+        await finish("follower frozen holding the lock", cluster, tally)
+    assert healed >= 1  # the stalled follower was restored again, with a swap
+
+
+async def test_a_follower_stopped_longer_than_the_replication_timeout(cluster: Cluster) -> None:
+    tally = Tally()
+    node = cluster.replicas[1]
+    assert node.follower is not None and node.follower.process is not None and node.follower.process.pid
+    with anyio.fail_after(300):
+        load = asyncio.create_task(traffic(cluster, tally, total=100_000, concurrency=8, deadline=12))
+        await asyncio.sleep(1)
+        os.kill(node.follower.process.pid, signal.SIGSTOP)
+        await load
+        await finish("follower SIGSTOP > replication timeout", cluster, tally)
+    assert node.follower.restores >= 1
+
+
+async def test_kill_9_of_the_primary_app(cluster: Cluster) -> None:
+    tally = Tally()
+    down = [False]
+    with anyio.fail_after(300):
+        load = asyncio.create_task(
+            traffic(cluster, tally, total=100_000, concurrency=8, deadline=12, primary_down=lambda: down[0])
+        )
+        await asyncio.sleep(2)
+        assert cluster.primary.pid is not None
+        down[0] = True
+        os.kill(cluster.primary.pid, signal.SIGKILL)
+        await asyncio.sleep(3)
+        await cluster.start_node(cluster.primary.id)
+        await asyncio.sleep(1)  # answers in flight while it came back may still be 503
+        down[0] = False
+        await load
+        await finish("kill -9 primary", cluster, tally)
+
+
+async def test_kill_9_of_a_replica_and_its_follower(cluster: Cluster) -> None:
+    tally = Tally()
+    node = cluster.replicas[0]
+    alive = [True]
+
+    def targets() -> list[str]:
+        return [n.url for n in cluster.replicas if n is not node or alive[0]] + [cluster.primary.url]
+
+    with anyio.fail_after(300):
+        load = asyncio.create_task(traffic(cluster, tally, total=100_000, concurrency=8, deadline=12, targets=targets))
+        await asyncio.sleep(2)
+        assert node.pid is not None and node.follower is not None and node.follower.process is not None
+        alive[0] = False
+        await asyncio.sleep(0.2)  # requests already sent to it finish first
+        os.kill(node.pid, signal.SIGKILL)
+        os.kill(node.follower.process.pid or 0, signal.SIGKILL)
+        await asyncio.sleep(1)
+        await cluster.restart_node(node.id)
+        alive[0] = True
+        await load
+        await finish("kill -9 replica + follower", cluster, tally)

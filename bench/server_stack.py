@@ -27,7 +27,10 @@ from bench.stats import percentile, report
 from bench.write_throughput import wrk
 from forwarder.dev import Cluster
 
-STACKS = {"uvloop + httptools": {}, "asyncio + h11": {"UVICORN_LOOP": "asyncio", "UVICORN_HTTP": "h11"}}
+STACKS = {
+    "uvloop + httptools": {"UVICORN_LOOP": "uvloop", "UVICORN_HTTP": "httptools"},
+    "asyncio + h11": {"UVICORN_LOOP": "asyncio", "UVICORN_HTTP": "h11"},
+}
 COLUMNS = [
     "stack",
     "direct p50 ms",

@@ -25,14 +25,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def fast_server_options(env: Mapping[str, str]) -> list[str]:
-    """uvicorn options for uvloop and httptools when both are installed (`forwarder[server]`).
+    """uvicorn options: uvloop when installed (`forwarder[server]`), and always the h11 parser.
 
-    uvicorn's `auto` already prefers them; naming them makes a missing one an error rather than a
-    silent fall back to the slower asyncio loop and h11. `UVICORN_LOOP` / `UVICORN_HTTP` in the
-    node's environment win (that is how the benchmarks measure without them).
+    h11, not httptools, although `forwarder[server]` installs both and uvicorn's `auto` would pick
+    httptools: httptools turns an absolute-form request target (`GET http://elsewhere/x`) into a
+    plain path before the app sees it, so the middleware's refusal of such targets
+    (tests/security/test_lag_poisoning.py) would not fire. `UVICORN_LOOP` / `UVICORN_HTTP` in the
+    node's environment win (that is how the benchmarks measure other stacks).
     """
     if "UVICORN_LOOP" in env or "UVICORN_HTTP" in env:
         return []
-    if importlib.util.find_spec("uvloop") is None or importlib.util.find_spec("httptools") is None:
-        return []
-    return ["--loop", "uvloop", "--http", "httptools"]
+    loop = ["--loop", "uvloop"] if importlib.util.find_spec("uvloop") is not None else []
+    return [*loop, "--http", "h11"]

@@ -179,8 +179,8 @@ def _primary_sections(results: dict[str, Any]) -> list[str]:
     if "server_stack" in results:
         rows = [{k: v for k, v in row.items() if k != "runs"} for row in results["server_stack"]["rows"]]
         out += [
-            "**Server stack** (two clusters side by side, alternating: uvloop + httptools as `forwarder dev` starts "
-            "nodes now, against asyncio + h11)",
+            "**Server stack** (three clusters side by side, order rotating: uvloop + h11 as `forwarder dev` starts "
+            "nodes now, uvloop + httptools, asyncio + h11)",
             "",
             table(rows, server_stack.COLUMNS),
             "",

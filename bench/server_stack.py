@@ -1,7 +1,7 @@
-"""The node-to-node hop on uvloop + httptools (`forwarder[server]`, the default) against asyncio + h11.
+"""The node-to-node hop on uvloop + h11 (`forwarder dev`'s default), uvloop + httptools and asyncio + h11.
 
-Two local clusters of the write app run side by side: one as `forwarder dev` starts it now
-(`--loop uvloop --http httptools`), one with `UVICORN_LOOP=asyncio UVICORN_HTTP=h11`. Round by
+Three local clusters of the write app run side by side: one as `forwarder dev` starts it now
+(`--loop uvloop --http h11`), the others with `UVICORN_LOOP` / `UVICORN_HTTP` set. Round by
 round, alternating which goes first: a block of writes one at a time on each (direct on the
 primary, then proxied through a replica, decomposed from `Server-Timing`), then a `wrk` run of
 forwarded writes at 32 connections from the replica.
@@ -28,6 +28,7 @@ from bench.write_throughput import wrk
 from forwarder.dev import Cluster
 
 STACKS = {
+    "uvloop + h11 (forwarder dev's default)": {},
     "uvloop + httptools": {"UVICORN_LOOP": "uvloop", "UVICORN_HTTP": "httptools"},
     "asyncio + h11": {"UVICORN_LOOP": "asyncio", "UVICORN_HTTP": "h11"},
 }
@@ -69,7 +70,7 @@ async def measure(rounds: int, count: int, seconds: float) -> dict[str, Any]:
             await writes(client, cluster, 10, {"direct": [], "proxied": [], "hop": [], "wait": []})
         names = list(STACKS)
         for i in range(rounds):
-            for name in names if i % 2 == 0 else names[::-1]:
+            for name in names[i % len(names) :] + names[: i % len(names)]:
                 await writes(client, clusters[name], count, samples[name])
                 loaded[name].append(await wrk([clusters[name].replicas[0].url], 32, seconds))
         rows = []
@@ -95,7 +96,7 @@ def run(rounds: int, count: int, seconds: float) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="the forward hop on uvloop + httptools vs asyncio + h11")
+    parser = argparse.ArgumentParser(description="the forward hop on three uvicorn stacks")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--writes", type=int, default=40)
     parser.add_argument("--seconds", type=float, default=2)

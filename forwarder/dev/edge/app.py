@@ -97,6 +97,7 @@ async def serve_edge(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> As
         log_level="warning",
         lifespan="auto",
         proxy_headers=False,  # the edge faces the clients: their X-Forwarded-For is not to be trusted
+        http="h11",  # not httptools (installed by forwarder[server]): it hides absolute-form targets
         server_header=False,  # the nodes' own Server and Date headers pass through
         date_header=False,
         timeout_graceful_shutdown=2,

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 
 from forwarder.dev import Cluster
@@ -24,6 +25,14 @@ async def running_cluster(**options: Any) -> AsyncIterator[Cluster]:
     finally:
         with anyio.CancelScope(shield=True), anyio.fail_after(60):
             await cluster.stop()
+
+
+def edge_client(cluster: Cluster, region: str) -> httpx.AsyncClient:
+    """A client of the cluster's edge pinned to `region` (`fly-prefer-region`), keeping cookies."""
+    assert cluster.edge_url
+    return httpx.AsyncClient(
+        base_url=cluster.edge_url, headers={"fly-prefer-region": region}, timeout=15, trust_env=False
+    )
 
 
 @pytest.fixture(scope="module")

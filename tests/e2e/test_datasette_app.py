@@ -26,7 +26,7 @@ from forwarder.datasette import cluster_secret
 from forwarder.dev import Cluster
 from forwarder.dev.processes import free_port
 
-from .conftest import running_cluster
+from .conftest import edge_client, running_cluster
 from .test_sqlalchemy_apps import ReadBacks, direct, ok, token
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -179,9 +179,7 @@ async def test_stored_write_queries_through_the_edge(cluster: Cluster) -> None:
     reads = ReadBacks()
 
     def edge(region: str) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=cluster.edge_url or "", headers={"fly-prefer-region": region}, timeout=15, trust_env=False
-        )
+        return edge_client(cluster, region)
 
     async with edge(one.region) as browser, edge(other.region) as far:
         with anyio.fail_after(110):

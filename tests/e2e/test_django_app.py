@@ -24,7 +24,7 @@ import pytest
 
 from forwarder.dev import Cluster
 
-from .conftest import running_cluster
+from .conftest import edge_client, running_cluster
 from .test_sqlalchemy_apps import ReadBacks, direct, ok, token
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -145,9 +145,7 @@ async def test_modelform_crud_through_the_edge(cluster: Cluster) -> None:
     one, other = cluster.replicas
 
     def edge(region: str) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=cluster.edge_url or "", headers={"fly-prefer-region": region}, timeout=15, trust_env=False
-        )
+        return edge_client(cluster, region)
 
     async with edge(one.region) as writer, edge(other.region) as far:
         with anyio.fail_after(110):

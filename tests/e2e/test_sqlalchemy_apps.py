@@ -19,7 +19,7 @@ import pytest
 
 from forwarder.dev import Cluster
 
-from .conftest import running_cluster
+from .conftest import edge_client, running_cluster
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -154,9 +154,7 @@ async def test_crud_through_the_edge_is_read_back_in_both_regions(cluster: Clust
     one, other = cluster.replicas
 
     def edge(region: str) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=cluster.edge_url or "", headers={"fly-prefer-region": region}, timeout=15, trust_env=False
-        )
+        return edge_client(cluster, region)
 
     async with edge(one.region) as writer, edge(one.region) as same, edge(other.region) as far:
         with anyio.fail_after(110):

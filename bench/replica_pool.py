@@ -28,10 +28,11 @@ from sqlalchemy import Engine, create_engine as sa_create_engine, text
 from bench.stats import report
 from forwarder import Forwarder, MemoryEngine, MemoryLog, Role, Topology, Txid
 from forwarder.dev.replication import Follower, Replicator
-from forwarder.sqlalchemy import _Binding
+from forwarder.sqlalchemy import ReplicaPooling, _Binding
 
 COLUMNS = ["position", "strategy", "reads/s (median)", "vs default pool (paired median)"]
-STRATEGIES = ("default pool", "recycle", "no pool")
+STRATEGIES = ("default pool", "recycle", "no pool", "busy pool")
+POOLING = {"recycle": ReplicaPooling.RECYCLE, "no pool": ReplicaPooling.NEVER, "busy pool": ReplicaPooling.BUSY}
 
 
 def replica_forwarder() -> Forwarder:
@@ -43,7 +44,7 @@ def replica_forwarder() -> Forwarder:
 def engine_for(strategy: str, database: Path, forwarder: Forwarder) -> Engine:
     engine = sa_create_engine(f"sqlite:///{database}")
     if strategy != "default pool":
-        _Binding(engine, forwarder, pool_replicas=strategy == "recycle").listen()
+        _Binding(engine, forwarder, replica_pooling=POOLING[strategy]).listen()
     return engine
 
 
@@ -190,7 +191,7 @@ async def _until(condition: Any, seconds: float) -> bool:
 
 def run(rounds: int, seconds: float) -> dict[str, Any]:
     rows = throughput(rounds, seconds)
-    follower = [asyncio.run(follower_check(s)) for s in ("recycle", "no pool", "default pool")]
+    follower = [asyncio.run(follower_check(s)) for s in ("recycle", "no pool", "busy pool", "default pool")]
     return {"rows": rows, "follower": follower, "rounds": rounds, "seconds": seconds}
 
 

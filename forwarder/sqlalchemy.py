@@ -13,11 +13,14 @@ SQLAlchemy's own engines, with pool and engine events that apply `forwarder.conn
   (`connect` event); SQLAlchemy's normal pool.
 - **replica**: every new connection opens the read-only URI (`do_connect` event), so a write raises
   SQLite's "attempt to write a readonly database" and `ForwarderMiddleware` forwards the request.
-  A replica connection is closed when it goes back to the pool (`checkin` event), so every
-  checkout opens a fresh one and reads the file as it is now. Recycling pooled connections when
-  the position moves was measured and rejected (bench/replica_pool.py): on a Litestream follower
-  one idle pooled connection holds the lock `restore -f` waits for, so the position never moves
-  and the pool is never recycled (replication-engines.md, follower pitfall 2).
+  A replica connection stays pooled only while it cannot hold replication up. A WAL-mode reader
+  keeps SQLite's SHARED lock for as long as it is open, and a Litestream follower must wait for
+  every such lock before it applies a batch (replication-engines.md, follower pitfall 2). So a
+  connection goes back to the pool only while other requests are using the engine; the last one to
+  finish closes every idle one, and as soon as the follower asks for the file (it holds SQLite's
+  PENDING byte, `forwarder.follower_lock`) pooled connections are closed instead of handed out.
+  While a pooled connection is open the follower cannot write the file, so it never reads an older
+  snapshot than a fresh one would. Measured in bench/replica_pool.py and bench/sqlmodel_read.py.
 - **any pooled connection** is handed out again only if the rule allows it (`checkout` event,
   else `DisconnectionError` and the pool opens a fresh one): never across a role change
   (failover), never on a replica once the tracker's position moved.
@@ -31,17 +34,20 @@ This module imports SQLAlchemy: install it with `pip install 'forwarder[sqlalche
 
 from __future__ import annotations
 
+import enum
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine as _sa_create_engine, event, exc
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine as _sa_create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
 from .connections import AccessRule, Stamp, is_file_database, prepare_primary
 from .context import current_forwarder
 from .engines.base import Role
 from .exceptions import ConfigurationError
+from .follower_lock import file_id
+from .replica_pool import LINGER, ReplicaIdle
 from .txid import Txid
 
 if TYPE_CHECKING:
@@ -51,6 +57,9 @@ __all__ = ["create_async_engine", "create_engine"]
 
 _STAMP = "forwarder.stamp"  # ConnectionPoolEntry.info key: the Stamp the connection was opened under
 _FRESH = "forwarder.fresh"  # set by do_connect, cleared by the first checkout
+_PATH = "forwarder.path"  # the database path as the URL gives it (a replica's symlink to its generation)
+_POOLABLE = "forwarder.poolable"  # a replica connection in WAL mode: the follower cannot write under it
+_FILE = "forwarder.file"  # (device, inode) of the file a replica connection opened
 
 _NO_RULE = Stamp(Role.PRIMARY, Txid(0), 0)  # opened with no forwarder running: a plain single-node connection
 
@@ -76,7 +85,8 @@ def create_async_engine(url: str | URL, *, forwarder: Forwarder | None = None, *
     _refuse_creator(kwargs, "creator")
     _refuse_other_databases(url)
     engine = _sa_create_async_engine(url, **kwargs)
-    _Binding(engine.sync_engine, forwarder).listen()
+    # aiosqlite connections close on the event loop, not from the reaper thread: no lingering.
+    _Binding(engine.sync_engine, forwarder, linger=0).listen()
     return engine
 
 
@@ -97,24 +107,50 @@ def _refuse_other_databases(url: str | URL) -> None:
         )
 
 
+class ReplicaPooling(enum.Enum):
+    """How a replica engine keeps connections (`BUSY` is the rule; the others are measured against it)."""
+
+    BUSY = "busy"
+    """Pooled while other requests use the engine and the follower is not waiting for the file."""
+    NEVER = "never"
+    """Closed on every checkin: a fresh connection per checkout."""
+    RECYCLE = "recycle"
+    """Pooled until the position moves: blocks a Litestream follower (kept for bench/replica_pool.py)."""
+
+
 class _Binding:
     """The events that apply the access rule to one engine's pool."""
 
-    def __init__(self, engine: Engine, forwarder: Forwarder | None, *, pool_replicas: bool = False) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        forwarder: Forwarder | None,
+        *,
+        replica_pooling: ReplicaPooling = ReplicaPooling.BUSY,
+        linger: float = LINGER,
+    ) -> None:
         self.engine = engine
         self.forwarder = forwarder
-        self.pool_replicas = pool_replicas
-        """True keeps replica connections pooled and relies on the checkout recycle alone: the rejected
-        alternative, kept so that bench/replica_pool.py measures both."""
         self._arguments: dict[tuple[str, bool, Role], tuple[str, bool]] = {}
         self._rule: AccessRule | None = None
         self._rule_of: Forwarder | None = None
+        # linger 0: idle connections are closed when the engine goes idle, by the request that
+        # leaves last (async engines, whose connections close on the event loop).
+        self._replicas = ReplicaIdle(self._queue_pool, linger=linger, reaper=linger > 0)
+        # Only a QueuePool's dispose() closes idle connections and nothing else (a StaticPool's
+        # closes its one shared connection): other pools get a fresh connection per checkout.
+        self.replica_pooling = replica_pooling if isinstance(engine.pool, QueuePool) else ReplicaPooling.NEVER
+
+    def _queue_pool(self) -> QueuePool:
+        pool = self.engine.pool  # read each time: Engine.dispose() puts a new pool in place
+        assert isinstance(pool, QueuePool)  # replica_pooling is NEVER for any other pool class
+        return pool
 
     def listen(self) -> None:
         event.listen(self.engine, "do_connect", self._do_connect)
         event.listen(self.engine, "connect", self._connect)
         event.listen(self.engine, "checkout", self._checkout)
-        if not self.pool_replicas:
+        if self.replica_pooling is not ReplicaPooling.RECYCLE:
             event.listen(self.engine, "checkin", self._checkin)
 
     def rule(self) -> AccessRule | None:
@@ -147,6 +183,7 @@ class _Binding:
             # Worked out once per role: a replica opens a connection per request.
             arguments = self._arguments[key] = rule.connect_arguments(database, uri=uri, role=stamp.role)
         target, uri = arguments
+        record.info[_PATH] = database
         if cargs:
             cargs[0] = target
         else:
@@ -160,16 +197,38 @@ class _Binding:
         stamp: Stamp = record.info.get(_STAMP, _NO_RULE)
         if stamp.owner and stamp.role is Role.PRIMARY:
             prepare_primary(dbapi_connection)
+        elif stamp.owner and self.replica_pooling is ReplicaPooling.BUSY:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("PRAGMA journal_mode")
+                wal = str(cursor.fetchone()[0]).lower() == "wal"
+            finally:
+                cursor.close()
+            # Only a WAL-mode reader keeps the follower out for as long as it is open; a rollback-mode
+            # one would let the follower write between two reads, under its page cache.
+            record.info[_POOLABLE] = wal
+            self._replicas.path = record.info.get(_PATH, "")
+            record.info[_FILE] = file_id(self._replicas.path)
 
     def _checkout(self, dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
         stamp: Stamp = record.info.get(_STAMP, _NO_RULE)
         rule = self.rule()
         if record.info.pop(_FRESH, False):
             # Opened for this checkout: it has read nothing yet, so it has no snapshot to be stale.
+            self._count_replica_checkout(stamp, record)
             return
         if rule is None:
             if stamp.owner:
                 raise exc.DisconnectionError("forwarder stopped: connection opened under its rule")
+            return
+        if stamp.role is Role.REPLICA and self.replica_pooling is ReplicaPooling.BUSY:
+            if not rule.may_reuse(stamp):
+                raise exc.DisconnectionError(f"opened at txid {stamp.position}; the position moved")
+            if self._blocks_replication(record):
+                self._replicas.close_idle()
+                raise exc.DisconnectionError("the follower is waiting for the replica's file")
+            with self._replicas.lock:
+                self._replicas.in_use += 1
             return
         if not rule.may_reuse(stamp):
             # The pool discards it and opens a new one (do_connect applies the rule anew).
@@ -177,7 +236,43 @@ class _Binding:
                 f"opened as {stamp.role.value} at txid {stamp.position}; now {rule.role.value}, position moved"
             )
 
+    def _count_replica_checkout(self, stamp: Stamp, record: ConnectionPoolEntry) -> None:
+        if stamp.owner and stamp.role is Role.REPLICA and self.replica_pooling is ReplicaPooling.BUSY:
+            with self._replicas.lock:
+                self._replicas.in_use += 1
+
+    def _blocks_replication(self, record: ConnectionPoolEntry) -> bool:
+        """Whether keeping this replica connection open now would hold the follower up (or read an old file)."""
+        if not record.info.get(_POOLABLE, False):
+            return True
+        current = file_id(self._replicas.path)
+        # A new generation: the follower restored the file again and writes the new one.
+        return record.info.get(_FILE) != current or self._replicas.follower_waiting(current)
+
     def _checkin(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         stamp: Stamp | None = record.info.get(_STAMP)
-        if dbapi_connection is not None and stamp is not None and stamp.role is Role.REPLICA:
-            record.invalidate()  # closed now: an idle connection on a follower's file may hold its lock
+        if stamp is None or stamp.role is not Role.REPLICA or not stamp.owner:
+            return
+        if self.replica_pooling is ReplicaPooling.NEVER:
+            if dbapi_connection is not None:
+                record.invalidate()  # closed now: an idle connection on a follower's file may hold its lock
+            return
+        with self._replicas.lock:
+            self._replicas.in_use = max(0, self._replicas.in_use - 1)
+            if dbapi_connection is None:
+                return  # invalidated while in use: nothing to keep
+            rule = self.rule()
+            # The follower and the file's generation are checked at the next checkout, and by the
+            # reaper every few ms: not here, on every request's way out.
+            keep = (
+                (self._replicas.in_use > 0 or self._replicas.linger > 0)
+                and record.info.get(_POOLABLE, False)
+                and rule is not None
+                and rule.may_reuse(stamp)
+            )
+            if keep:
+                self._replicas.kept()
+                return
+        # The engine is idle, or the follower wants the file: leave no connection open on it.
+        record.invalidate()
+        self._replicas.close_idle()

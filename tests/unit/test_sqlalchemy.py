@@ -19,7 +19,8 @@ from sqlmodel import Field, Session, SQLModel
 
 from forwarder import ConfigurationError, Forwarder, MemoryEngine, MemoryLog, Role, Topology, Txid
 from forwarder.middleware.discovery import needs_primary
-from forwarder.sqlalchemy import _Binding, create_async_engine, create_engine
+from forwarder.sqlalchemy import ReplicaPooling, _Binding, create_async_engine, create_engine
+from tests.sqlite_locks import eventually, free_for_the_follower
 
 
 def node(role: Role) -> tuple[Forwarder, MemoryEngine]:
@@ -119,22 +120,18 @@ def test_the_primary_pools_connections_with_wal_and_the_pragmas(tmp_path: Path) 
     engine.dispose()
 
 
-def test_a_replica_connection_is_closed_on_checkin_and_every_read_sees_the_file_now(tmp_path: Path) -> None:
+def test_every_replica_read_sees_the_file_now_and_an_idle_engine_leaves_it_free(tmp_path: Path) -> None:
     path = make_db(tmp_path / "app.db")
     replica, _ = node(Role.REPLICA)
     engine = create_engine(f"sqlite:///{path}", forwarder=replica)
     writer = sqlite3.connect(path)
     for expected in range(1, 6):
         with engine.connect() as conn:
-            used = conn.connection.dbapi_connection
             assert conn.execute(text("SELECT count(*) FROM t")).scalar_one() == expected
-        assert isinstance(engine.pool, QueuePool)
-        assert engine.pool.checkedin() == 1  # the pool slot is kept, its connection is not
-        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
-            used.execute("SELECT 1")  # type: ignore[union-attr]
         writer.execute("INSERT INTO t (v) VALUES ('more')")
         writer.commit()
     writer.close()
+    assert eventually(lambda: free_for_the_follower(path))
     engine.dispose()
 
 
@@ -143,7 +140,7 @@ def test_with_pooled_replica_connections_a_position_change_recycles_them(tmp_pat
     path = make_db(tmp_path / "app.db")
     replica, _ = node(Role.REPLICA)
     engine = sqlalchemy.create_engine(f"sqlite:///{path}")
-    _Binding(engine, replica, pool_replicas=True).listen()
+    _Binding(engine, replica, replica_pooling=ReplicaPooling.RECYCLE).listen()
     with engine.connect() as conn:
         first = conn.connection.dbapi_connection
     with engine.connect() as conn:
@@ -244,7 +241,7 @@ async def test_async_engine_follows_role_changes_with_an_async_session(tmp_path:
 
 
 @pytest.mark.anyio
-async def test_async_replica_connections_are_not_pooled(tmp_path: Path) -> None:
+async def test_an_idle_async_replica_engine_keeps_no_connection_open(tmp_path: Path) -> None:
     path = make_db(tmp_path / "app.db")
     replica, _ = node(Role.REPLICA)
     engine = create_async_engine(f"sqlite+aiosqlite:///{path}", forwarder=replica)

@@ -1,0 +1,83 @@
+"""Idle replica connections in a pool: kept only while they cannot hold replication up.
+
+A WAL-mode reader keeps SQLite's SHARED lock on the file for as long as it is open, and a Litestream
+follower must wait for every such lock before it applies a batch (replication-engines.md, follower
+pitfall 2). While one is open the follower cannot write, so a pooled connection never reads an
+older file than a fresh one would; the danger is only that it stalls replication. So idle
+connections are kept for at most `LINGER` seconds after the engine was last used, and closed at
+once when the follower asks for the file (SQLite's PENDING byte, `forwarder.follower_lock`). A
+reaper thread, alive only while the pool may hold idle connections, closes them when no request
+comes to do it.
+
+Closing goes through the pool's own `dispose()`, which takes idle connections out of the pool's
+queue before it closes them: a connection the pool is handing out at that moment is never touched.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from .follower_lock import FileId, WriterProbe
+
+__all__ = ["LINGER", "IdlePool", "ReplicaIdle"]
+
+LINGER = 0.01
+"""Seconds idle replica connections are kept after the engine's last checkin: the dev cluster's
+follow interval, so a follower never waits longer for an idle pool than between two store polls."""
+
+_TICK = 0.002
+"""How often the reaper asks whether the follower is waiting, while connections may be idle."""
+
+
+class IdlePool(Protocol):
+    """What this needs of a pool (`sqlalchemy.pool.QueuePool`): count and close its idle connections."""
+
+    def checkedin(self) -> int: ...
+    def dispose(self) -> None: ...
+
+
+class ReplicaIdle:
+    """When one replica pool was last used, how many of its connections are out, and the reaper."""
+
+    def __init__(self, pool: Callable[[], IdlePool], linger: float = LINGER, *, reaper: bool = True) -> None:
+        self.pool = pool
+        self.linger = linger
+        self.path = ""
+        """The database path connections open (a replica's symlink to its current generation)."""
+        self.lock = threading.RLock()  # closing fires the pool's events, which may come back here
+        self.in_use = 0
+        self.probe = WriterProbe()
+        self._last_checkin = 0.0
+        self._reaper: threading.Thread | None = None
+        self._use_reaper = reaper
+
+    def follower_waiting(self, identity: FileId | None = None) -> bool:
+        """Whether the follower holds SQLite's PENDING byte of the current file (`identity`: its `file_id`)."""
+        return bool(self.path) and self.probe.writer_waiting(self.path, identity)
+
+    def kept(self) -> None:
+        """A connection went back to the pool to be reused (with `lock` held): start the reaper."""
+        self._last_checkin = time.monotonic()
+        if self._use_reaper and self._reaper is None:
+            self._reaper = threading.Thread(target=self._reap, name="forwarder-replica-pool", daemon=True)
+            self._reaper.start()
+
+    def close_idle(self) -> None:
+        """Close every idle connection now; the pool opens new ones on demand."""
+        self.pool().dispose()
+
+    def _reap(self) -> None:
+        while True:
+            time.sleep(_TICK)
+            with self.lock:
+                quiet = self.in_use == 0 and time.monotonic() - self._last_checkin >= self.linger
+                if quiet or self.follower_waiting():
+                    self.close_idle()
+                if self.in_use == 0 and self.pool().checkedin() == 0:
+                    # Nothing can be idle until a checkin, and a checkin starts a new reaper (the
+                    # engine's own dispose() also ends up here).
+                    self._reaper = None
+                    return

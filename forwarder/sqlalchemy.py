@@ -13,14 +13,11 @@ SQLAlchemy's own engines, with pool and engine events that apply `forwarder.conn
   (`connect` event); SQLAlchemy's normal pool.
 - **replica**: every new connection opens the read-only URI (`do_connect` event), so a write raises
   SQLite's "attempt to write a readonly database" and `ForwarderMiddleware` forwards the request.
-  A replica connection stays pooled only while it cannot hold replication up. A WAL-mode reader
-  keeps SQLite's SHARED lock for as long as it is open, and a Litestream follower must wait for
-  every such lock before it applies a batch (replication-engines.md, follower pitfall 2). So a
-  connection goes back to the pool only while other requests are using the engine; the last one to
-  finish closes every idle one, and as soon as the follower asks for the file (it holds SQLite's
-  PENDING byte, `forwarder.follower_lock`) pooled connections are closed instead of handed out.
-  While a pooled connection is open the follower cannot write the file, so it never reads an older
-  snapshot than a fresh one would. Measured in bench/replica_pool.py and bench/sqlmodel_read.py.
+  Replica connections stay pooled only while they cannot hold replication up
+  (`forwarder.replica_pool`): an idle one lingers at most 10 ms, and pooled ones are closed as
+  soon as the Litestream follower asks for the file. Only WAL-mode connections are pooled: while
+  one is open the follower cannot write the file, so it never reads an older snapshot than a
+  fresh one would. Measured in bench/replica_pool.py and bench/sqlmodel_read.py.
 - **any pooled connection** is handed out again only if the rule allows it (`checkout` event,
   else `DisconnectionError` and the pool opens a fresh one): never across a role change
   (failover), never on a replica once the tracker's position moved.

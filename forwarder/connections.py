@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .settings import ForwarderSettings
 
 __all__ = [
+    "FORWARDER_TABLE_PREFIX",
     "PRIMARY_PRAGMAS",
     "AccessRule",
     "Stamp",
@@ -39,6 +40,10 @@ __all__ = [
     "prepare_primary",
     "read_only_uri",
 ]
+
+FORWARDER_TABLE_PREFIX = "_forwarder_"
+"""Tables forwarder keeps in the app's own database start with this (`_forwarder_rpc_calls`): an
+integration hides them from the app's tools (Datasette's table list; Alembic, see the README)."""
 
 PRIMARY_PRAGMAS = (
     "PRAGMA busy_timeout = 5000",

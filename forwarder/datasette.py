@@ -46,7 +46,7 @@ from datasette import hookimpl as _datasette_hookimpl
 from datasette.database import Database
 
 from ._late import RaiseNoted, note
-from .connections import AccessRule, configured_role, prepare_primary, read_only_uri
+from .connections import FORWARDER_TABLE_PREFIX, AccessRule, configured_role, prepare_primary, read_only_uri
 from .context import current_forwarder
 from .engines.base import Role
 from .exceptions import ConfigurationError
@@ -153,6 +153,12 @@ class ForwarderDatabase(Database):
         if not self._on_replica():
             return await super().execute_isolated_fn(fn)
         return await self._run_fresh(fn, prepare=False, transaction=False)
+
+    async def hidden_table_names(self) -> list[str]:
+        """Datasette's hidden tables, plus forwarder's own (`_forwarder_*`: RPC call ids)."""
+        hidden: list[str] = await super().hidden_table_names()
+        names = await self.table_names()
+        return hidden + [name for name in names if name.startswith(FORWARDER_TABLE_PREFIX) and name not in hidden]
 
 
 def _replicated_path() -> Path:

@@ -128,3 +128,17 @@ async def test_on_the_primary_writes_run_with_wal_and_the_pragmas(database: Path
         assert timeout == 5000
         assert (await db.execute("select body from notes")).first()[0] == "x"
     ds.close()
+
+
+async def test_forwarders_own_tables_are_hidden_from_the_table_list(database: Path) -> None:
+    with sqlite3.connect(database) as conn:
+        conn.execute("CREATE TABLE _forwarder_rpc_calls (id TEXT PRIMARY KEY, expires REAL)")
+    conn.close()
+    ds = Datasette([str(database)])
+    await ds.invoke_startup()
+    db = ds.get_database("app")
+    assert "_forwarder_rpc_calls" in await db.hidden_table_names()
+    assert "notes" not in await db.hidden_table_names()
+    page = await ds.client.get("/app.json")
+    assert "_forwarder_rpc_calls" not in [t["name"] for t in page.json()["tables"] if not t["hidden"]]
+    ds.close()

@@ -9,7 +9,7 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..exceptions import ReplicationTimeout
+from ..exceptions import ForwarderError, ReplicationTimeout
 from ..runtime import Forwarder
 from ..txid import Txid
 
@@ -30,7 +30,11 @@ async def run_lifespan(app: ASGIApp, forwarder: Forwarder, scope: Scope, receive
             try:
                 await forwarder.start()
             except Exception as exc:
-                logger.exception("forwarder failed to start")
+                if isinstance(exc, ForwarderError):
+                    # Ours name the cause and the fix: the message is the whole story.
+                    logger.error("forwarder failed to start: %s", exc)
+                else:
+                    logger.exception("forwarder failed to start")
                 startup_failed = True
                 await send({"type": "lifespan.startup.failed", "message": f"forwarder failed to start: {exc}"})
                 # Tell the app to shut down; the server exits because startup failed.

@@ -78,7 +78,9 @@ async def test_replay_mode_answers_fly_replay_without_calling_the_app() -> None:
     assert status_of(sent) == 409
     headers = headers_of(sent)
     # The state is sealed with the cluster secret, so a client cannot forge the replayed hop.
-    assert re.fullmatch(r"instance=node-p;state=method\.\d+\.[0-9a-f]{32}", headers["fly-replay"][0])
+    assert re.fullmatch(
+        r"instance=node-p;state=method\.\d+\.[0-9a-f]{32};fallback=prefer_self", headers["fly-replay"][0]
+    )
     assert headers["forwarder-forwarded"] == ["replay"] and headers["forwarder-node"] == ["node-r"]
     assert body_of(sent) == b""
     assert nodes.log.head == 0
@@ -264,7 +266,9 @@ async def test_a_readonly_error_on_a_replica_is_forwarded_not_shown(mode: str) -
         assert body_of(sent) == b"counted on node-p: the body"
     else:
         assert status_of(sent) == 409
-        assert re.fullmatch(r"instance=node-p;state=readonly\.\d+\.[0-9a-f]{32}", headers_of(sent)["fly-replay"][0])
+        assert re.fullmatch(
+            r"instance=node-p;state=readonly\.\d+\.[0-9a-f]{32};fallback=prefer_self", headers_of(sent)["fly-replay"][0]
+        )
     assert [m for m in sent if m["type"] == "http.response.start"][0]["status"] != 500
 
 

@@ -373,6 +373,7 @@ class Forwarder:
         try:
             payload = function.encode_arguments(args, kwargs)
             data, txid = await self.rpc.call(function.name, payload)
+            context.note_write(txid)  # committed: the response of the request being served says so
             result = function.decode_result(data)
             try:
                 await self.wait_for(txid, cause="rpc")

@@ -19,7 +19,7 @@ import anyio
 import pytest
 
 from forwarder.dev import Cluster
-from tests.chaos.harness import Tally, check_writes, converge, holds_lock, restores, traffic
+from tests.chaos.harness import Fault, Tally, check_writes, converge, holds_lock, restores, traffic
 from tests.e2e.conftest import running_cluster
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -38,13 +38,16 @@ def report(name: str, tally: Tally, checks: dict[str, int], converge_s: float, c
     print(f"\n[{name}] {tally.summary()}; {checks}; converged in {converge_s:.2f}s; re-restores {restores(cluster)}")
 
 
-async def finish(name: str, cluster: Cluster, tally: Tally) -> None:
+async def finish(name: str, cluster: Cluster, tally: Tally, *, fault: Fault | None = None) -> None:
     converge_s = await converge(cluster)
     checks = check_writes(cluster, tally)
     report(name, tally, checks, converge_s, cluster)
     assert tally.errors == {}, tally.errors
     assert checks["lost"] == checks["doubled"] == checks["503 applied"] == checks["replicas differing"] == 0, checks
     assert tally.ryw_checked == len(tally.acknowledged)
+    assert tally.rpc_acknowledged > 0  # RPC calls were part of the mix
+    if fault is None:
+        assert tally.unknown == {} and tally.allowed_503 == 0  # nothing was down: every answer a 200
 
 
 async def test_mixed_load_through_replicas_and_the_edge(cluster: Cluster) -> None:
@@ -52,7 +55,7 @@ async def test_mixed_load_through_replicas_and_the_edge(cluster: Cluster) -> Non
     with anyio.fail_after(900):
         await traffic(cluster, tally, total=LOAD_REQUESTS, concurrency=48)
         await finish(f"{LOAD_REQUESTS} mixed at 48", cluster, tally)
-    assert tally.requests >= LOAD_REQUESTS
+    assert tally.total >= LOAD_REQUESTS
 
 
 async def test_a_follower_frozen_holding_the_lock(cluster: Cluster) -> None:
@@ -94,22 +97,20 @@ async def test_a_follower_stopped_longer_than_the_replication_timeout(cluster: C
 
 
 async def test_kill_9_of_the_primary_app(cluster: Cluster) -> None:
-    tally = Tally()
-    down = [False]
+    tally, fault = Tally(), Fault()
     with anyio.fail_after(300):
-        load = asyncio.create_task(
-            traffic(cluster, tally, total=100_000, concurrency=8, deadline=12, primary_down=lambda: down[0])
-        )
+        load = asyncio.create_task(traffic(cluster, tally, total=100_000, concurrency=8, deadline=12, fault=fault))
         await asyncio.sleep(2)
         assert cluster.primary.pid is not None
-        down[0] = True
+        fault.kill(cluster.primary.url, primary=True)
         os.kill(cluster.primary.pid, signal.SIGKILL)
         await asyncio.sleep(3)
         await cluster.start_node(cluster.primary.id)
         await asyncio.sleep(1)  # answers in flight while it came back may still be 503
-        down[0] = False
+        fault.primary_down = False
         await load
-        await finish("kill -9 primary", cluster, tally)
+        await finish("kill -9 primary", cluster, tally, fault=fault)
+    assert tally.allowed_503 > 0  # the primary really was down under traffic
 
 
 async def test_kill_9_of_a_replica_and_its_follower(cluster: Cluster) -> None:
@@ -120,16 +121,20 @@ async def test_kill_9_of_a_replica_and_its_follower(cluster: Cluster) -> None:
     def targets() -> list[str]:
         return [n.url for n in cluster.replicas if n is not node or alive[0]] + [cluster.primary.url]
 
+    fault = Fault()
     with anyio.fail_after(300):
-        load = asyncio.create_task(traffic(cluster, tally, total=100_000, concurrency=8, deadline=12, targets=targets))
+        load = asyncio.create_task(
+            traffic(cluster, tally, total=100_000, concurrency=8, deadline=12, targets=targets, fault=fault)
+        )
         await asyncio.sleep(2)
         assert node.pid is not None and node.follower is not None and node.follower.process is not None
         alive[0] = False
         await asyncio.sleep(0.2)  # requests already sent to it finish first
+        fault.kill(node.url)
         os.kill(node.pid, signal.SIGKILL)
         os.kill(node.follower.process.pid or 0, signal.SIGKILL)
         await asyncio.sleep(1)
         await cluster.restart_node(node.id)
         alive[0] = True
         await load
-        await finish("kill -9 replica + follower", cluster, tally)
+        await finish("kill -9 replica + follower", cluster, tally, fault=fault)

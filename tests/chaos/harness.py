@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import sqlite3
 import time
 import uuid
@@ -59,6 +60,12 @@ class Tally:
     stale: int = 0  # acknowledged with Forwarder-Stale: 1 (the replica was behind)
     rpc_acknowledged: int = 0
     ryw_checked: int = 0
+    answers: list[tuple[float, float]] = field(default_factory=list)  # (sent, answered), monotonic
+    violations: list[dict[str, str]] = field(default_factory=list)  # what a failed read-back saw
+
+    def answered_between(self, start: float, end: float) -> list[float]:
+        """Latencies of the answers that came back between `start` and `end`."""
+        return [answered - sent for sent, answered in self.answers if start <= answered < end]
 
     @property
     def total(self) -> int:
@@ -128,6 +135,7 @@ async def traffic(
             tally.errors[f"client {type(exc).__name__}"] += 1
 
     def judge(response: httpx.Response, item: str | None, sent: float) -> bool:
+        tally.answers.append((sent, time.monotonic()))
         status = response.status_code
         if status == 200:
             return True
@@ -181,8 +189,22 @@ async def traffic(
             tally.ryw_checked += 1
             if check.json()["count"] < 1:
                 tally.errors["read-your-writes violated"] += 1
+                tally.violations.append(
+                    {
+                        "item": item,
+                        "write": f"{'rpc' if rpc else 'write'} via {base}: {_shown(response)}",
+                        "read": f"{url}: {_shown(check)}",
+                    }
+                )
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+def _shown(response: httpx.Response) -> str:
+    headers = ("forwarder-node", "forwarder-txid", "forwarder-stale", "forwarder-forwarded", "set-cookie")
+    shown = {name: response.headers[name] for name in headers if name in response.headers}
+    cookie = response.request.headers.get("cookie")
+    return f"{response.status_code} {shown} (request cookie {cookie})"
 
 
 def ids(database: Path) -> Counter[str]:
@@ -218,6 +240,28 @@ def check_writes(cluster: Cluster, tally: Tally) -> dict[str, int]:
     }
 
 
+def report(
+    name: str, tally: Tally, checks: dict[str, int], converge_s: float, cluster: Cluster, **more: object
+) -> None:
+    """One line of figures per scenario (pytest -s shows it)."""
+    figures = [tally.summary(), str(checks), f"converged in {converge_s:.2f}s", f"re-restores {restores(cluster)}"]
+    figures += [f"{key.replace('_', ' ')} {value}" for key, value in more.items()]
+    print(f"\n[{name}] " + "; ".join(figures))
+
+
+async def finish(name: str, cluster: Cluster, tally: Tally, *, fault: Fault | None = None, **more: object) -> None:
+    """Wait for the replicas to converge, print the figures, and check the pass criteria."""
+    converge_s = await converge(cluster)
+    checks = check_writes(cluster, tally)
+    report(name, tally, checks, converge_s, cluster, replicas=dict(await replica_metrics(cluster)), **more)
+    assert tally.errors == {}, (tally.errors, tally.violations)
+    assert checks["lost"] == checks["doubled"] == checks["503 applied"] == checks["replicas differing"] == 0, checks
+    assert tally.ryw_checked == len(tally.acknowledged)
+    assert tally.rpc_acknowledged > 0  # RPC calls were part of the mix
+    if fault is None:
+        assert tally.unknown == {} and tally.allowed_503 == 0  # nothing was down: every answer a 200
+
+
 def restores(cluster: Cluster) -> int:
     return sum(n.follower.restores for n in cluster.replicas if n.follower is not None)
 
@@ -229,3 +273,24 @@ def holds_lock(pid: int) -> bool:
             len(fields := [f for f in line.split() if f != "->"]) > 4 and fields[4] == str(pid) and "->" not in line
             for line in locks
         )
+
+
+_LABEL = re.compile(r'(reason|cause)="([^"]*)"')
+
+
+async def replica_metrics(cluster: Cluster) -> Counter[str]:
+    """Across the replicas: requests they sent to the primary by reason, and replication waits that timed out."""
+    totals: Counter[str] = Counter()
+    kinds = {
+        "forwarder_forwarded_requests_total{": "forwarded",
+        "forwarder_replication_wait_timeouts_total{": "wait timeouts",
+    }
+    async with httpx.AsyncClient(timeout=5) as client:
+        for node in cluster.replicas:
+            for line in (await client.get(f"{node.url}/_forwarder/metrics")).text.splitlines():
+                name, _, value = line.rpartition(" ")
+                kind = next((k for prefix, k in kinds.items() if name.startswith(prefix)), None)
+                label = _LABEL.search(name)
+                if kind is not None and label is not None:
+                    totals[f"{kind} ({label.group(2)})"] += int(float(value))
+    return totals

@@ -19,7 +19,7 @@ import anyio
 import pytest
 
 from forwarder.dev import Cluster
-from tests.chaos.harness import Fault, Tally, check_writes, converge, holds_lock, restores, traffic
+from tests.chaos.harness import Fault, Tally, finish, holds_lock, traffic
 from tests.e2e.conftest import running_cluster
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -32,22 +32,6 @@ LOAD_REQUESTS = int(os.environ.get("CHAOS_REQUESTS", "2000"))
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     async with running_cluster(app="tests.chaos.app:app", data_dir=tmp_path / "c", replicas=2, app_dir=ROOT) as c:
         yield c
-
-
-def report(name: str, tally: Tally, checks: dict[str, int], converge_s: float, cluster: Cluster) -> None:
-    print(f"\n[{name}] {tally.summary()}; {checks}; converged in {converge_s:.2f}s; re-restores {restores(cluster)}")
-
-
-async def finish(name: str, cluster: Cluster, tally: Tally, *, fault: Fault | None = None) -> None:
-    converge_s = await converge(cluster)
-    checks = check_writes(cluster, tally)
-    report(name, tally, checks, converge_s, cluster)
-    assert tally.errors == {}, tally.errors
-    assert checks["lost"] == checks["doubled"] == checks["503 applied"] == checks["replicas differing"] == 0, checks
-    assert tally.ryw_checked == len(tally.acknowledged)
-    assert tally.rpc_acknowledged > 0  # RPC calls were part of the mix
-    if fault is None:
-        assert tally.unknown == {} and tally.allowed_503 == 0  # nothing was down: every answer a 200
 
 
 async def test_mixed_load_through_replicas_and_the_edge(cluster: Cluster) -> None:

@@ -1,9 +1,12 @@
 """Fault and load scenarios on a real 3-node cluster (Litestream, uvicorn, the edge), loopback only.
 
 Each is bounded in requests and time. CI runs them at `CHAOS_REQUESTS` (default 2,000 for the load
-scenario); `scripts/chaos` runs the full 20,000. Pass criteria: 0 errors apart from 503 with
-Retry-After while the primary is down; 0 acknowledged writes lost or doubled; no 503 applied;
-read-your-writes for every acknowledged write; every replica equal to the primary at the end.
+scenario); `scripts/chaos` runs the full 20,000. The traffic mixes reads, forwarded writes and
+`@primary_only` calls from replicas (`tests/chaos/harness.py`). Pass criteria: 0 errors apart from
+503 with Retry-After while the primary is down (and the answers to requests in flight at a kill,
+whose outcome is unknown: counted apart, applied at most once); 0 acknowledged writes lost, no
+write applied twice; no 503 applied; read-your-writes for every acknowledged write; every replica
+equal to the primary at the end. The object store's outage is in `test_store_outage.py`.
 """
 
 from __future__ import annotations

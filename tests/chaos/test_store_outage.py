@@ -60,8 +60,8 @@ async def s3_cluster(tmp_path: Path, store_server: LocalS3Server) -> AsyncIterat
 async def test_the_object_store_unreachable_for_10_s(s3_cluster: Cluster, store_server: LocalS3Server) -> None:
     cluster, tally = s3_cluster, Tally()
     with anyio.fail_after(150):
-        load = asyncio.create_task(traffic(cluster, tally, total=100_000, concurrency=8, deadline=STORE_DOWN + 8))
-        await asyncio.sleep(2)
+        load = asyncio.create_task(traffic(cluster, tally, total=100_000, concurrency=8, deadline=STORE_DOWN + 9))
+        await asyncio.sleep(3)
         store_server.process.signal(signal.SIGSTOP)
         stopped_at = time.monotonic()
         try:

@@ -253,13 +253,26 @@ async def finish(name: str, cluster: Cluster, tally: Tally, *, fault: Fault | No
     """Wait for the replicas to converge, print the figures, and check the pass criteria."""
     converge_s = await converge(cluster)
     checks = check_writes(cluster, tally)
-    report(name, tally, checks, converge_s, cluster, replicas=dict(await replica_metrics(cluster)), **more)
+    latency = latencies([answered - sent for sent, answered in tally.answers])
+    report(
+        name, tally, checks, converge_s, cluster, latency=latency, replicas=dict(await replica_metrics(cluster)), **more
+    )
     assert tally.errors == {}, (tally.errors, tally.violations)
     assert checks["lost"] == checks["doubled"] == checks["503 applied"] == checks["replicas differing"] == 0, checks
     assert tally.ryw_checked == len(tally.acknowledged)
     assert tally.rpc_acknowledged > 0  # RPC calls were part of the mix
     if fault is None:
         assert tally.unknown == {} and tally.allowed_503 == 0  # nothing was down: every answer a 200
+
+
+def latencies(seconds: list[float]) -> str:
+    """Count, median, p99 and max of answer times."""
+    if not seconds:
+        return "none"
+    ordered = sorted(seconds)
+    median, p99 = ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, len(ordered) * 99 // 100)]
+    figures = f"median {median * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms"
+    return f"{len(ordered)} answers, {figures}"
 
 
 def restores(cluster: Cluster) -> int:

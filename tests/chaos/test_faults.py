@@ -43,8 +43,10 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
 async def test_mixed_load_through_replicas_and_the_edge(cluster: Cluster) -> None:
     tally = Tally()
     with anyio.fail_after(LOAD_BUDGET):
+        started = time.monotonic()
         await traffic(cluster, tally, total=LOAD_REQUESTS, concurrency=48)
-        await finish(f"{LOAD_REQUESTS} mixed at 48", cluster, tally)
+        took = time.monotonic() - started
+        await finish(f"{LOAD_REQUESTS} mixed at 48", cluster, tally, took=f"{took:.0f}s ({tally.total / took:.0f}/s)")
     assert tally.total >= LOAD_REQUESTS
 
 

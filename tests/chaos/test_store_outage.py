@@ -24,7 +24,7 @@ import pytest
 
 from forwarder.dev import Cluster
 from forwarder.dev.s3server import LocalS3Server
-from tests.chaos.harness import Tally, finish, traffic
+from tests.chaos.harness import Tally, finish, latencies, traffic
 from tests.e2e.conftest import running_cluster
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -80,14 +80,7 @@ async def test_the_object_store_unreachable_for_10_s(s3_cluster: Cluster, store_
             f"object store unreachable {STORE_DOWN:g}s",
             cluster,
             tally,
-            answers={name: _figures(latencies) for name, latencies in phases.items()},
+            answers={name: latencies(seconds) for name, seconds in phases.items()},
             s3_requests=dict(store_server.request_counts("forwarder-chaos")),
         )
     assert phases["store down"]  # traffic kept being answered while the store was down
-
-
-def _figures(latencies: list[float]) -> str:
-    if not latencies:
-        return "none"
-    ordered = sorted(latencies)
-    return f"{len(ordered)}, median {ordered[len(ordered) // 2] * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms"

@@ -358,6 +358,7 @@ class ForwarderMiddleware:
                 await send({"type": "websocket.close", "code": 1013, "reason": "the primary is changing"})
             return
         wants_replay = self.policy.mode == "replay" or (self.policy.mode == "auto" and came_through_fly_proxy(scope))
+        wants_replay = wants_replay and header(scope, b"fly-replay-failed") is None  # a fallback cannot replay
         replay = (
             sealed(forwarder, scope, replay_headers(forwarder.topology, self.policy, reason)) if wants_replay else None
         )

@@ -342,3 +342,33 @@ async def test_metrics_count_forwarded_requests_and_waits() -> None:
     assert 'forwarder_replication_wait_seconds_count{cause="write"} 1.0' in text
     assert "forwarder_txid 1.0" in text
     assert "forwarder_is_primary 0.0" in text
+
+
+@pytest.mark.parametrize("failed", [False, True])
+async def test_a_websocket_replay_that_came_back_by_fallback_is_relayed_not_replayed_again(failed: bool) -> None:
+    """Fly's proxy refuses a replay from a request it delivered by `fallback` (PA02): the handshake is
+    relayed to the primary instead, here unreachable, so 503."""
+    ref: list[Nodes] = []
+    policy = RoutingPolicy(always_forward=("/live",))
+    async with two_nodes(lambda: board(ref), policy=policy) as nodes:
+        ref.append(nodes)
+        nodes.replica.topology.primary_url = "http://127.0.0.1:9"  # nothing listens: refused at once
+        headers = [FLY] + ([(b"fly-replay-failed", b"instance=node-p;reason=retries_exhausted")] if failed else [])
+        scope = http_scope("GET", "/live", headers, type="websocket", extensions={"websocket.http.response": {}})
+        incoming: list[Message] = [{"type": "websocket.connect"}]
+        sent: list[Message] = []
+
+        async def receive() -> Message:
+            return incoming.pop(0) if incoming else {"type": "websocket.disconnect", "code": 1000}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        with anyio.fail_after(10):
+            await nodes.replica_app(scope, receive, send)
+    assert sent[0]["type"] == "websocket.http.response.start"
+    if failed:
+        assert sent[0]["status"] == 503
+    else:
+        assert sent[0]["status"] == 409
+        assert any(k == b"fly-replay" for k, _ in sent[0]["headers"])

@@ -34,17 +34,22 @@ WRITES = 0.2
 
 @dataclass
 class Fault:
-    """A killed process: when (monotonic), which URLs it served, and whether the primary counts as down."""
+    """A killed process: when it was gone (monotonic), which URLs it served, whether the primary counts as down."""
 
     at: float | None = None
     urls: frozenset[str] = frozenset()
     primary_down: bool = False
 
     def kill(self, *urls: str, primary: bool = False) -> None:
+        """Call just before the kill signal; then `died()` once the process is gone."""
         self.at, self.urls, self.primary_down = time.monotonic(), frozenset(urls), primary
 
+    def died(self) -> None:
+        """The process has exited: a request sent from now on reached no part of it."""
+        self.at = time.monotonic()
+
     def in_flight(self, sent: float) -> bool:
-        """Whether a request sent at `sent` was under way when the process was killed."""
+        """Whether a request sent at `sent` may have been under way in the process when it died."""
         return self.at is not None and sent < self.at
 
 
@@ -61,7 +66,7 @@ class Tally:
     rpc_acknowledged: int = 0
     ryw_checked: int = 0
     answers: list[tuple[float, float]] = field(default_factory=list)  # (sent, answered), monotonic
-    violations: list[dict[str, str]] = field(default_factory=list)  # what a failed read-back saw
+    violations: list[dict[str, str]] = field(default_factory=list)  # what an error or a failed read-back saw
 
     def answered_between(self, start: float, end: float) -> list[float]:
         """Latencies of the answers that came back between `start` and `end`."""
@@ -90,10 +95,12 @@ async def traffic(
     fault: Fault | None = None,
     targets: Callable[[], list[str]] | None = None,
     deadline: float = 600.0,
+    stop: asyncio.Event | None = None,
 ) -> None:
     """`total` requests at `concurrency`: 80 % reads through the replicas and the edge, 20 % writes
     (forwarded POSTs and RPC calls from replicas, each read back on the node that answered).
-    `targets` narrows where requests go (a node being killed leaves it). Counts all into `tally`."""
+    `targets` narrows where requests go (a node being killed leaves it). It ends after `deadline`
+    seconds, or once `stop` is set. Counts all into `tally`."""
     remaining = [total]
     stop_at = time.monotonic() + deadline
     fault = fault or Fault()
@@ -108,7 +115,7 @@ async def traffic(
     async def worker() -> None:
         # keep-alive shorter than uvicorn's 5 s: no request on a connection the server is closing
         async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(keepalive_expiry=1.0)) as client:
-            while remaining[0] > 0 and time.monotonic() < stop_at:
+            while remaining[0] > 0 and time.monotonic() < stop_at and not (stop is not None and stop.is_set()):
                 remaining[0] -= 1
                 draw = random.random()
                 base = random.choice(replicas()) if draw < WRITES / 2 else pick()
@@ -150,7 +157,11 @@ async def traffic(
             if item is not None:
                 tally.unknown_writes.append(item)
             return False
-        tally.errors[f"{response.request.method} {response.request.url.path.split('/')[1]} {status}"] += 1
+        kind = f"{response.request.method} {response.request.url.path.split('/')[1]} {status}"
+        tally.errors[kind] += 1
+        if len(tally.violations) < 10:  # what it was, for the failure message
+            since = "" if fault.at is None else f", sent {sent - fault.at:+.3f}s after the kill"
+            tally.violations.append({kind: f"{_shown(response)}{since}: {response.text[:300]}"})
         return False
 
     async def write_then_read(client: httpx.AsyncClient, base: str, *, rpc: bool) -> None:

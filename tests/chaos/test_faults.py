@@ -96,6 +96,8 @@ async def test_kill_9_of_the_primary_app(cluster: Cluster) -> None:
         assert cluster.primary.pid is not None
         fault.kill(cluster.primary.url, primary=True)
         os.kill(cluster.primary.pid, signal.SIGKILL)
+        assert cluster.primary.app is not None and await cluster.primary.app.wait(10) is not None
+        fault.died()
         await asyncio.sleep(3)
         await cluster.start_node(cluster.primary.id)
         await asyncio.sleep(1)  # answers in flight while it came back may still be 503
@@ -125,6 +127,8 @@ async def test_kill_9_of_a_replica_and_its_follower(cluster: Cluster) -> None:
         fault.kill(node.url)
         os.kill(node.pid, signal.SIGKILL)
         os.kill(node.follower.process.pid or 0, signal.SIGKILL)
+        assert node.app is not None and await node.app.wait(10) is not None
+        fault.died()
         await asyncio.sleep(1)
         await cluster.restart_node(node.id)
         alive[0] = True

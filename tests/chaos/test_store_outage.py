@@ -32,6 +32,8 @@ pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 ROOT = Path(__file__).resolve().parents[2]
 STORE_DOWN = 10.0
 """Seconds the object store is unreachable (the issue's figure)."""
+AFTER = 6.0
+"""Seconds of traffic after the store is back."""
 
 
 @pytest.fixture
@@ -58,10 +60,11 @@ async def s3_cluster(tmp_path: Path, store_server: LocalS3Server) -> AsyncIterat
 
 
 async def test_the_object_store_unreachable_for_10_s(s3_cluster: Cluster, store_server: LocalS3Server) -> None:
-    cluster, tally = s3_cluster, Tally()
+    cluster, tally, done = s3_cluster, Tally(), asyncio.Event()
     with anyio.fail_after(150):
-        load = asyncio.create_task(traffic(cluster, tally, total=100_000, concurrency=8, deadline=STORE_DOWN + 9))
-        await asyncio.sleep(3)
+        load = asyncio.create_task(traffic(cluster, tally, total=100_000, concurrency=8, deadline=120, stop=done))
+        while len(tally.acknowledged) < 20:  # traffic under way, writes going through the store
+            await asyncio.sleep(0.05)
         store_server.process.signal(signal.SIGSTOP)
         stopped_at = time.monotonic()
         try:
@@ -69,6 +72,8 @@ async def test_the_object_store_unreachable_for_10_s(s3_cluster: Cluster, store_
         finally:
             store_server.process.signal(signal.SIGCONT)
         resumed_at = time.monotonic()
+        await asyncio.sleep(AFTER)
+        done.set()
         await load
         ended_at = time.monotonic()
         phases = {

@@ -9,6 +9,11 @@ from typing import Any
 
 import httpx
 
+KEEPALIVE_EXPIRY = 2.0
+"""Seconds an idle connection to another node is kept: under uvicorn's default `--timeout-keep-alive`
+(5), so a request never goes out on a connection the server is closing at that moment (which fails
+with "Server disconnected without sending a response", a write of unknown outcome)."""
+
 
 def node_client(**options: Any) -> httpx.AsyncClient:
     """An `httpx.AsyncClient` for node-to-node traffic, shared by every user's requests.

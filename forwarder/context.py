@@ -1,14 +1,15 @@
-"""Which running `Forwarder` a `@primary_only` call belongs to."""
+"""Which running `Forwarder` a `@primary_only` call belongs to, and which request it reports its txid to."""
 
 from __future__ import annotations
 
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .runtime import Forwarder
+    from .txid import Txid
 
-__all__ = ["current_forwarder"]
+__all__ = ["RequestWrites", "current_forwarder", "note_write", "stop_tracking", "track_writes"]
 
 _current: ContextVar[Forwarder | None] = ContextVar("forwarder.current", default=None)
 _running: list[Forwarder] = []
@@ -31,3 +32,32 @@ def current_forwarder() -> Forwarder | None:
         f"{len(_running)} forwarders are running in this process and this call is outside any request "
         "handled by ForwarderMiddleware; wrap it in `with forwarder.activate():` to say which one"
     )
+
+
+class RequestWrites:
+    """The txid of the latest `@primary_only` call made while one request is served on a replica."""
+
+    __slots__ = ("txid",)
+
+    def __init__(self) -> None:
+        self.txid: Txid | None = None
+
+
+# A mutable holder in the variable: contexts are copied into tasks and threads, the holder is shared.
+_writes: ContextVar[RequestWrites | None] = ContextVar("forwarder.writes", default=None)
+
+
+def track_writes(writes: RequestWrites) -> Token[RequestWrites | None]:
+    """Record calls made from here on (in this context and those copied from it) into `writes`."""
+    return _writes.set(writes)
+
+
+def stop_tracking(token: Token[RequestWrites | None]) -> None:
+    _writes.reset(token)
+
+
+def note_write(txid: Txid) -> None:
+    """A `@primary_only` call committed at `txid`: the request being served, if any, says so."""
+    writes = _writes.get()
+    if writes is not None and (writes.txid is None or txid > writes.txid):
+        writes.txid = txid

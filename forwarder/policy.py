@@ -44,7 +44,10 @@ class RoutingPolicy:
     - `always_forward`: path globs sent to the primary whatever the method.
     - `on_lag`: when a read's cookie asks for a txid the replica does not reach in time:
       `forward` it to the primary, answer 504 (`error`), or serve it `stale` (`Forwarder-Stale: 1`).
-    - `replay_timeout`, `replay_fallback`: the `timeout` and `fallback` fields of `fly-replay`.
+    - `replay_timeout`, `replay_fallback`: the `timeout` and `fallback` fields of `fly-replay`. The
+      default `prefer_self` brings a replay that cannot reach the primary back to this node, which
+      proxies it (503 with `Retry-After` when the primary is down, not the Fly proxy's bare 5xx);
+      None leaves the field out.
     - `max_buffered_body`: how much of a request body is kept so a request can still be forwarded
       after the app raised SQLite's read-only error.
     """
@@ -56,7 +59,7 @@ class RoutingPolicy:
     on_lag: OnLag = "forward"
     cookie: CookiePolicy = field(default_factory=CookiePolicy)
     replay_timeout: str | None = None
-    replay_fallback: Literal["prefer_self", "force_self"] | None = None
+    replay_fallback: Literal["prefer_self", "force_self"] | None = "prefer_self"
     max_buffered_body: int = REPLAY_BODY_LIMIT
 
     def is_passthrough(self, path: str) -> bool:

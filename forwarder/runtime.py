@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from . import context
-from ._http import ShardedTransport, node_client
+from ._http import KEEPALIVE_EXPIRY, ShardedTransport, node_client
 from .database import Database
 from .engines.base import Engine, PrimaryInfo, Role
 from .engines.factory import engine_from
@@ -36,9 +36,6 @@ from .txid import Txid
 __all__ = ["Forwarder"]
 
 logger = logging.getLogger("forwarder")
-
-KEEPALIVE_EXPIRY = 2.0
-"""Seconds an idle connection to the primary is kept; under uvicorn's default `--timeout-keep-alive` (5)."""
 
 
 class _State(enum.Enum):
@@ -373,6 +370,7 @@ class Forwarder:
         try:
             payload = function.encode_arguments(args, kwargs)
             data, txid = await self.rpc.call(function.name, payload)
+            context.note_write(txid)  # committed: the response of the request being served says so
             result = function.decode_result(data)
             try:
                 await self.wait_for(txid, cause="rpc")

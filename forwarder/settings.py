@@ -96,8 +96,11 @@ class ForwarderSettings(BaseSettings):
     """The cookie's SameSite attribute."""
     replay_timeout: str | None = Field(None, pattern=r"^\d+(ms|s)$", validation_alias=_env("replay_timeout"))
     """`timeout` field of fly-replay, e.g. `5s` or `800ms`."""
-    replay_fallback: Literal["prefer_self", "force_self"] | None = Field(None, validation_alias=_env("replay_fallback"))
-    """`fallback` field of fly-replay: where Fly delivers a replay that could not reach the primary."""
+    replay_fallback: Literal["prefer_self", "force_self", "none"] = Field(
+        "prefer_self", validation_alias=_env("replay_fallback")
+    )
+    """`fallback` field of fly-replay: where Fly delivers a replay that could not reach the primary
+    (back to this node, which proxies it and answers 503 with Retry-After if the primary is down); `none` omits it."""
     max_lag: float = Field(30.0, gt=0, validation_alias=_env("max_lag"))
     """Seconds of replica lag after which `/_forwarder/health` answers 503."""
     lag_probe_interval: float = Field(1.0, ge=0, validation_alias=_env("lag_probe_interval"))
@@ -142,7 +145,7 @@ class ForwarderSettings(BaseSettings):
                 same_site=self.cookie_same_site,
             ),
             replay_timeout=self.replay_timeout,
-            replay_fallback=self.replay_fallback,
+            replay_fallback=None if self.replay_fallback == "none" else self.replay_fallback,
         )
 
     def security_policy(self) -> SecurityPolicy:

@@ -15,6 +15,7 @@ from ..policy import RoutingPolicy
 from ..runtime import Forwarder
 from ..txid import Txid
 from . import headers as h
+from .calls import CallTracking
 from .classify import Kind, classify
 from .cookie import clear_cookie, read_cookie, set_cookie, txid_in, txid_token
 from .discovery import BodyRecorder, HeldErrorResponse, needs_primary, replica_unavailable
@@ -85,7 +86,10 @@ class ForwarderMiddleware:
         if route.kind is Kind.INTERNAL:
             await serve_internal(self.forwarder, scope, receive, send)
         elif route.kind is Kind.PASSTHROUGH:
-            await self.app(scope, receive, self._stamped(send))
+            if self.forwarder.is_primary:
+                await self.app(scope, receive, self._stamped(send))
+            else:
+                await self._passthrough_on_replica(scope, receive, send)
         elif self.forwarder.is_primary:
             # A read that a replica sent here because its app tried to write (or hit a
             # @primary_endpoint) is a write here: it gets a txid, the cookie and the replica's wait.
@@ -171,32 +175,54 @@ class ForwarderMiddleware:
             return
         recorder = BodyRecorder(receive, self.policy.max_buffered_body)
         writes = engine.local_writes()
-        held = HeldErrorResponse(
-            send,
-            [*self._node_header, (h.STALE, b"1")] if stale else self._node_header,
-            lambda: engine.local_writes() != writes,
-        )
-        try:
-            await self.app(scope, recorder, held)
-        except Exception as exc:
-            # A write (read-only error), a @primary_endpoint, or a copy not readable right now
-            # (the follower's lock past the busy timeout, a restore): the primary answers instead.
-            reason = needs_primary(exc) or replica_unavailable(exc, restoring=not engine.restored)
-            if reason is None or held.started:
-                await held.release()
-                raise
-            body = await recorder.rest()
-            if body is None:
-                await held.release()
-                raise
-            held.discard()
-            logger.info("%s %s needs the primary (%s); forwarding it", scope["method"], clean(scope["path"]), reason)
-            await self._forward(scope, receive, send, reason, body=body)
-            return
+        with CallTracking(scope, self.policy.cookie, send) as calls:
+            held = HeldErrorResponse(
+                calls.send,
+                [*self._node_header, (h.STALE, b"1")] if stale else self._node_header,
+                lambda: engine.local_writes() != writes,
+            )
+            try:
+                await self.app(scope, recorder, held)
+            except Exception as exc:
+                # A write (read-only error), a @primary_endpoint, or a copy not readable right now
+                # (the follower's lock past the busy timeout, a restore): the primary answers instead.
+                reason = needs_primary(exc) or replica_unavailable(exc, restoring=not engine.restored)
+                body = None if reason is None or held.started else await recorder.rest()
+                if reason is None or body is None:
+                    await self._failed(exc, held, calls, scope, receive)
+                    return
+                held.discard()
+                method, path = scope["method"], clean(scope["path"])
+                logger.info("%s %s needs the primary (%s); forwarding it", method, path, reason)
+                await self._forward(scope, receive, send, reason, body=body)
+                return
         if held.wrote:
             await self._rerun_on_primary(scope, receive, send, recorder, held)
             return
         await held.release()
+
+    async def _passthrough_on_replica(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Served here, never forwarded; only a `@primary_only` call inside it shows in the response."""
+        with CallTracking(scope, self.policy.cookie, send) as calls:
+            held = HeldErrorResponse(calls.send, self._node_header)
+            try:
+                await self.app(scope, receive, held)
+            except Exception as exc:
+                await self._failed(exc, held, calls, scope, receive)
+                return
+        await held.release()
+
+    async def _failed(
+        self, exc: Exception, held: HeldErrorResponse, calls: CallTracking, scope: Scope, receive: Receive
+    ) -> None:
+        """The app raised `exc` serving a request on this replica: a `@primary_only` call that did not
+        get through answers 503/504 (if nothing was sent yet); anything else goes out as the app's error."""
+        answer = None if held.started else calls.failure(exc)
+        if answer is None:
+            await held.release()
+            raise exc
+        held.discard()
+        await answer(scope, receive, held.passed)
 
     async def _rerun_on_primary(
         self, scope: Scope, receive: Receive, send: Send, recorder: BodyRecorder, held: HeldErrorResponse
@@ -332,6 +358,7 @@ class ForwarderMiddleware:
                 await send({"type": "websocket.close", "code": 1013, "reason": "the primary is changing"})
             return
         wants_replay = self.policy.mode == "replay" or (self.policy.mode == "auto" and came_through_fly_proxy(scope))
+        wants_replay = wants_replay and header(scope, b"fly-replay-failed") is None  # a fallback cannot replay
         replay = (
             sealed(forwarder, scope, replay_headers(forwarder.topology, self.policy, reason)) if wants_replay else None
         )

@@ -9,7 +9,14 @@ from starlette.types import Message, Receive, Send
 
 from ..exceptions import LocalWriteAfterResponse, MustRunOnPrimary
 
-__all__ = ["BodyRecorder", "HeldErrorResponse", "LocalWriteAfterResponse", "needs_primary", "replica_unavailable"]
+__all__ = [
+    "BodyRecorder",
+    "HeldErrorResponse",
+    "LocalWriteAfterResponse",
+    "chain",
+    "needs_primary",
+    "replica_unavailable",
+]
 
 # SQLite's messages for a write on a read-only replica: a `mode=ro` connection or a LiteFS
 # rollback-journal replica says the first, a LiteFS WAL replica the second.
@@ -22,7 +29,7 @@ _UNAVAILABLE_NAMES = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN")
 _UNAVAILABLE_MESSAGES = ("database is locked", "unable to open database file", "database table is locked")
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
+def chain(exc: BaseException) -> Iterator[BaseException]:
     """`exc` and every exception linked to it: `__cause__`/`__context__`, exception groups and
     wrappers with `.orig` (SQLAlchemy), because frameworks re-raise database errors wrapped."""
     seen: set[int] = set()
@@ -42,7 +49,7 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 def needs_primary(exc: BaseException) -> str | None:
     """Why `exc` means "run this on the primary" ("readonly", "endpoint"), or None."""
-    for current in _chain(exc):
+    for current in chain(exc):
         if isinstance(current, MustRunOnPrimary):
             return "endpoint"
         if isinstance(current, sqlite3.OperationalError):
@@ -60,7 +67,7 @@ def replica_unavailable(exc: BaseException, *, restoring: bool) -> str | None:
     a missing table (the copy has no schema yet). Such a read is served by the primary instead:
     the replication engine must never turn a read into an error.
     """
-    for current in _chain(exc):
+    for current in chain(exc):
         if isinstance(current, sqlite3.OperationalError):
             name = getattr(current, "sqlite_errorname", "")
             message = str(current).lower()
@@ -161,3 +168,10 @@ class HeldErrorResponse:
 
     def discard(self) -> None:
         self._held.clear()
+
+    async def passed(self, message: Message) -> None:
+        """Send `message` at once, stamped, never held: the middleware's own answer instead of the app's."""
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), *self._stamp]
+            self.started = True
+        await self._send(message)

@@ -202,10 +202,17 @@ class ReplicaSupervisor:
             process, target = await self._restore()
             try:
                 await self._catch_up(target, floor)
+                # The old follower may have moved on meanwhile (a store that was down is back): freeze it
+                # and reach where it stopped, so no reader that waited for a txid on it misses it here.
+                if old is not None:
+                    old.signal(signal.SIGSTOP)
+                await self._catch_up(target, self.position())
             except FollowerError:
                 await process.stop()
                 self.generations.remove(target.parent)
                 self._pending = None
+                if old is not None and not self.paused:
+                    old.signal(signal.SIGCONT)
                 raise
             self.generations.swap(target)
             self.process, self._pending, self._swapped_at = process, None, time.monotonic()
@@ -215,13 +222,14 @@ class ReplicaSupervisor:
             self.paused = False
             self._last_position, self._progress_at = self.position(), time.monotonic()
             if old is not None:
+                old.signal(signal.SIGCONT)  # a stopped process would not act on SIGTERM
                 await old.stop()
             logger.warning("%s: restored again at %s (%s)", self.name, self.position(), target.parent.name)
         return True
 
     async def _catch_up(self, target: Path, floor: Txid | None) -> None:
-        """Wait until the new copy holds at least `floor`: a reader that waited for a txid on the
-        old copy must find it on the new one."""
+        """Wait until the new copy holds at least `floor` (the old copy's position): a reader that
+        waited for a txid on the old copy must find it on the new one."""
         txid_path = target.with_name(target.name + "-txid")
         deadline = time.monotonic() + self.restore_deadline
         while floor is not None and (read_txid_file(txid_path) or 0) < floor:

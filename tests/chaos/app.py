@@ -1,10 +1,17 @@
 """The chaos scenarios' app: writes carry a client-chosen id, reads count it, so lost and doubled
-writes show up. Every database access goes through `forwarder.database` (the access rule)."""
+writes show up. Every database access goes through `forwarder.database` (the access rule).
+
+- `POST /items/{id}`: a write; a replica forwards it (proxy, or fly-replay through the edge);
+- `POST /rpc/items/{id}`: served where it lands (a passthrough path); the insert is a
+  `@primary_only` call, which a replica sends to the primary over RPC;
+- `GET /items/{id}`: how many rows have that id.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 import anyio
 from starlette.applications import Starlette
@@ -12,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from forwarder import Forwarder, ForwarderMiddleware
+from forwarder import Forwarder, ForwarderMiddleware, ReplicationTimeout, primary_only
 from forwarder.database import Database
 
 forwarder = Forwarder.from_settings()
@@ -44,6 +51,25 @@ async def write(request: Request) -> JSONResponse:
     return JSONResponse({"id": item})
 
 
+@primary_only
+async def add_item(item: str) -> str:
+    """The RPC write: runs on the primary wherever it is called."""
+    await anyio.to_thread.run_sync(_insert, item)
+    return item
+
+
+async def write_by_rpc(request: Request) -> JSONResponse:
+    item = request.path_params["item"]
+    try:
+        await add_item(item)
+    except ReplicationTimeout as exc:
+        if not exc.committed:
+            raise
+        # Committed on the primary, this replica is behind: the response's cookie makes the next read wait.
+        return JSONResponse({"id": item}, headers={"forwarder-stale": "1"})
+    return JSONResponse({"id": item})
+
+
 async def read(request: Request) -> JSONResponse:
     return JSONResponse({"count": await anyio.to_thread.run_sync(_count, request.path_params["item"])})
 
@@ -57,8 +83,13 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 
 app = ForwarderMiddleware(
     Starlette(
-        routes=[Route("/items/{item}", write, methods=["POST"]), Route("/items/{item}", read, methods=["GET"])],
+        routes=[
+            Route("/items/{item}", write, methods=["POST"]),
+            Route("/rpc/items/{item}", write_by_rpc, methods=["POST"]),
+            Route("/items/{item}", read, methods=["GET"]),
+        ],
         lifespan=lifespan,
     ),
     forwarder=forwarder,
+    policy=replace(forwarder.policy, passthrough=("/rpc/*",)),
 )

@@ -187,3 +187,40 @@ async def test_forwarder_replica_command_restores_and_follows(tmp_path: Path, re
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_a_copy_restored_again_is_not_swapped_in_behind_the_old_one(
+    tmp_path: Path, replicator: Replicator
+) -> None:
+    """The old follower keeps advancing while the new copy restores (a store that was down is back):
+    the swap waits until the new copy holds what the old one reached, so the position never goes back."""
+    database = tmp_path / "node" / "app.db"
+    supervisor = ReplicaSupervisor(
+        "node", database, replicator.store, log_path=tmp_path / "logs" / "follower.log", min_gap=0.0
+    )
+    engine = LitestreamEngine(database, Role.REPLICA)
+    seen: list[int] = []
+    engine.on_position(lambda txid: seen.append(int(txid)))
+    writing = True
+
+    async def write() -> None:
+        n = 0
+        while writing:
+            n += 1
+            await insert(replicator, n)
+
+    try:
+        with anyio.fail_after(60):
+            await supervisor.start()
+            await engine.start()
+            writer = asyncio.create_task(write())
+            for _ in range(3):
+                await anyio.sleep(0.2)
+                assert await supervisor.restore_again("test: the old follower keeps advancing")
+            writing = False
+            await writer
+        assert supervisor.restores == 3
+        assert seen == sorted(seen), "the position went back across a swap"
+    finally:
+        await engine.aclose()
+        await supervisor.stop()

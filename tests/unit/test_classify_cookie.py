@@ -86,7 +86,13 @@ def test_replay_header_names_the_primary_instance_or_region() -> None:
         (b"fly-replay", b"instance=n1;state=method;timeout=5s;fallback=prefer_self")
     ]
     topology.primary_id = None
-    assert replay_headers(topology, RoutingPolicy(), "readonly") == [(b"fly-replay", b"region=fra;state=readonly")]
+    # By default a replay that cannot reach the primary comes back here (fallback), to be proxied.
+    assert replay_headers(topology, RoutingPolicy(), "readonly") == [
+        (b"fly-replay", b"region=fra;state=readonly;fallback=prefer_self")
+    ]
+    assert replay_headers(topology, RoutingPolicy(replay_fallback=None), "readonly") == [
+        (b"fly-replay", b"region=fra;state=readonly")
+    ]
     topology.primary_region = None
     assert replay_headers(topology, RoutingPolicy(), "method") is None
 

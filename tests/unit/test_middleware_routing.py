@@ -78,7 +78,9 @@ async def test_replay_mode_answers_fly_replay_without_calling_the_app() -> None:
     assert status_of(sent) == 409
     headers = headers_of(sent)
     # The state is sealed with the cluster secret, so a client cannot forge the replayed hop.
-    assert re.fullmatch(r"instance=node-p;state=method\.\d+\.[0-9a-f]{32}", headers["fly-replay"][0])
+    assert re.fullmatch(
+        r"instance=node-p;state=method\.\d+\.[0-9a-f]{32};fallback=prefer_self", headers["fly-replay"][0]
+    )
     assert headers["forwarder-forwarded"] == ["replay"] and headers["forwarder-node"] == ["node-r"]
     assert body_of(sent) == b""
     assert nodes.log.head == 0
@@ -264,7 +266,9 @@ async def test_a_readonly_error_on_a_replica_is_forwarded_not_shown(mode: str) -
         assert body_of(sent) == b"counted on node-p: the body"
     else:
         assert status_of(sent) == 409
-        assert re.fullmatch(r"instance=node-p;state=readonly\.\d+\.[0-9a-f]{32}", headers_of(sent)["fly-replay"][0])
+        assert re.fullmatch(
+            r"instance=node-p;state=readonly\.\d+\.[0-9a-f]{32};fallback=prefer_self", headers_of(sent)["fly-replay"][0]
+        )
     assert [m for m in sent if m["type"] == "http.response.start"][0]["status"] != 500
 
 
@@ -338,3 +342,33 @@ async def test_metrics_count_forwarded_requests_and_waits() -> None:
     assert 'forwarder_replication_wait_seconds_count{cause="write"} 1.0' in text
     assert "forwarder_txid 1.0" in text
     assert "forwarder_is_primary 0.0" in text
+
+
+@pytest.mark.parametrize("failed", [False, True])
+async def test_a_websocket_replay_that_came_back_by_fallback_is_relayed_not_replayed_again(failed: bool) -> None:
+    """Fly's proxy refuses a replay from a request it delivered by `fallback` (PA02): the handshake is
+    relayed to the primary instead, here unreachable, so 503."""
+    ref: list[Nodes] = []
+    policy = RoutingPolicy(always_forward=("/live",))
+    async with two_nodes(lambda: board(ref), policy=policy) as nodes:
+        ref.append(nodes)
+        nodes.replica.topology.primary_url = "http://127.0.0.1:9"  # nothing listens: refused at once
+        headers = [FLY] + ([(b"fly-replay-failed", b"instance=node-p;reason=retries_exhausted")] if failed else [])
+        scope = http_scope("GET", "/live", headers, type="websocket", extensions={"websocket.http.response": {}})
+        incoming: list[Message] = [{"type": "websocket.connect"}]
+        sent: list[Message] = []
+
+        async def receive() -> Message:
+            return incoming.pop(0) if incoming else {"type": "websocket.disconnect", "code": 1000}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        with anyio.fail_after(10):
+            await nodes.replica_app(scope, receive, send)
+    assert sent[0]["type"] == "websocket.http.response.start"
+    if failed:
+        assert sent[0]["status"] == 503
+    else:
+        assert sent[0]["status"] == 409
+        assert any(k == b"fly-replay" for k, _ in sent[0]["headers"])

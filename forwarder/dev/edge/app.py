@@ -10,7 +10,7 @@ import httpx
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..._http import node_client
+from ..._http import KEEPALIVE_EXPIRY, node_client
 from ...middleware.guard import framing_problem, refuse
 from ...middleware.target import target_problem
 from .http import HttpPath
@@ -48,7 +48,8 @@ class Edge:
         self.max_replays = max_replays
         self.max_replay_body = max_replay_body
         self._owns_client = client is None
-        self.client = client or node_client(limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE_EXPIRY)
+        self.client = client or node_client(limits=limits)
         router = Router(self.nodes, latency=self.latency, max_replays=max_replays, max_replay_body=max_replay_body)
         self._http = HttpPath(router, self.client)
         self._websocket = WebsocketPath(router)

@@ -1,0 +1,85 @@
+"""`@primary_only` calls made while a replica serves a request itself (a read, a passthrough path).
+
+Such a call is a write on the primary like a forwarded one, so the response says so: it carries
+`Forwarder-Txid` and the read-your-writes cookie for the call's txid, and the next read waits for
+it (then `on_lag` applies) even when the call's own wait timed out (`ReplicationTimeout`). A call
+that could not reach the primary fails the request the way a forwarded write fails: `503` with
+`Retry-After` when nothing ran (`PrimaryUnavailable`), `504` when it may have run (`OutcomeUnknown`).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextvars import Token
+
+from starlette.responses import PlainTextResponse
+from starlette.types import Message, Scope, Send
+
+from .. import context
+from ..exceptions import OutcomeUnknown, PrimaryUnavailable
+from ..logsafe import clean
+from ..policy import CookiePolicy
+from . import headers as h
+from .cookie import set_cookie
+from .discovery import chain
+from .proxy import unavailable
+
+__all__ = ["CallTracking"]
+
+logger = logging.getLogger("forwarder.middleware")
+
+
+class CallTracking:
+    """While one request runs on a replica: the txid of its `@primary_only` calls, stamped on its response.
+
+    ```python
+    with CallTracking(scope, cookie_policy, send) as calls:
+        await app(scope, receive, calls.send)
+    ```
+    """
+
+    def __init__(self, scope: Scope, cookie: CookiePolicy, send: Send) -> None:
+        self._scope = scope
+        self._cookie = cookie
+        self._send = send
+        self._writes = context.RequestWrites()
+        self._token: Token[context.RequestWrites | None] | None = None
+
+    def __enter__(self) -> CallTracking:
+        self._token = context.track_writes(self._writes)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            context.stop_tracking(self._token)
+
+    async def send(self, message: Message) -> None:
+        """`send`, adding `Forwarder-Txid` and the cookie to the response start after a call that wrote."""
+        txid = self._writes.txid
+        if txid is not None and message["type"] == "http.response.start":
+            message["headers"] = [
+                *message.get("headers", ()),
+                (h.TXID, str(txid).encode()),
+                (b"set-cookie", set_cookie(self._cookie, self._scope, txid).encode()),
+            ]
+        await self._send(message)
+
+    def failure(self, exc: BaseException) -> PlainTextResponse | None:
+        """The answer when `exc` says a `@primary_only` call did not get through to the primary, else None."""
+        for current in chain(exc):
+            if isinstance(current, PrimaryUnavailable):
+                response = unavailable(str(current))
+                break
+            if isinstance(current, OutcomeUnknown):
+                response = unavailable(str(current), status=504, retry_after=None)
+                break
+        else:
+            return None
+        logger.warning(
+            "%s %s: a @primary_only call failed (%s); answering %d",
+            clean(self._scope["method"]),
+            clean(self._scope["path"]),
+            current,
+            response.status_code,
+        )
+        return response

@@ -8,8 +8,10 @@ Kept minimal so the figures are forwarder's and the engine's, not an app's. Conf
 
 `BENCH_BARE=1` serves the same handlers without forwarder, on `BENCH_DATABASE` (the primary-cost
 benchmark's baselines); `BENCH_COMMIT=sync` makes a forwarder primary ask `POST /sync` for every
-write, as before the covering check (`forwarder.engines.litestream_position`); `BENCH_COMMIT=none`
-gives every write txid 1 without asking Litestream (not correct: it shows what the txid costs).
+write, as before the covering check (`forwarder.engines.litestream_position`); `BENCH_COMMIT=exact`
+gives direct writes the txid a forwarded write gets (the covering check that waits out an active
+sync, as before `promise_position`); `BENCH_COMMIT=none` gives every write txid 1 without asking
+Litestream (not correct: it shows what the txid costs).
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ def create() -> ASGIApp:
             return Txid(1)
 
         forwarder.engine.commit_position = no_txid  # type: ignore[method-assign]
+        forwarder.engine.promise_position = no_txid  # type: ignore[method-assign]
+    if forwarder is not None and os.environ.get("BENCH_COMMIT") == "exact":
+        forwarder.engine.promise_position = forwarder.engine.commit_position  # type: ignore[method-assign]
     is_primary = bare or (forwarder is not None and forwarder.is_primary)
 
     async def write(request: Request) -> JSONResponse:

@@ -17,21 +17,19 @@ Facts and pitfalls behind these choices: `shared/reference/replication-engines.m
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
 
-from ..exceptions import EngineError, EngineUnavailable, InvalidTxid, PositionFormatError
+from ..exceptions import EngineError, InvalidTxid, PositionFormatError
 from ..txid import Txid
 from .base import Engine, PrimaryInfo, Role
-from .control_socket import ControlSocket, ControlSocketError
+from .control_socket import ControlSocket
 from .follower_guard import CHECK_INTERVAL, FollowerGuard
 from .litestream_config import litestream_binary, replicate_config
+from .litestream_keeper import TxidKeeper
 from .litestream_position import CoveringCheck
 
 if TYPE_CHECKING:
@@ -40,9 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["LitestreamEngine", "litestream_binary", "replicate_config"]
 
 logger = logging.getLogger("forwarder.engines.litestream")
-
-SYNC_TIMEOUT = 5.0
-"""Seconds to wait for `POST /sync`; measured p95 is 7 ms on loopback, so 5 s means Litestream is stuck."""
 
 POLL_INTERVAL = 0.001
 """Seconds between stat() calls of the `-txid` file when inotify is not available."""
@@ -80,6 +75,7 @@ class LitestreamEngine(Engine):
         self._queued: asyncio.Future[Txid] | None = None
         self._syncer: asyncio.Task[None] | None = None
         self.covering: CoveringCheck | None = CoveringCheck(self.database)  # None: always POST /sync
+        self.keeper = TxidKeeper(CoveringCheck(self.database))  # makes promise_position()'s answers exist
         # Replica: the one watcher task and what it needs.
         self._watcher: asyncio.Task[None] | None = None
         self._inotify: Inotify | None = None
@@ -138,7 +134,8 @@ class LitestreamEngine(Engine):
             self._guard.check()
 
     async def aclose(self) -> None:
-        """Stop the watcher or the syncer and close the socket client."""
+        """Stop the watcher, the syncer and the keeper, and close the socket client."""
+        await self.keeper.aclose()
         tasks = [task for task in (self._watcher, self._syncer, self._guard_task) if task is not None]
         for task in tasks:
             task.cancel()
@@ -162,11 +159,7 @@ class LitestreamEngine(Engine):
 
         Else group commit: one sync runs, one is queued; a caller joins the queued one (the running one may predate it).
         """
-        if self._role is not Role.PRIMARY:
-            raise EngineError(
-                "commit_position() is only available on the primary; this Litestream engine runs as a "
-                f"replica of {self.database} (its position comes from {self.txid_path.name})"
-            )
+        self._require_primary("commit_position()")
         if self.covering is not None and (txid := await self.covering.txid(self._request)) is not None:
             return self._advance({"txid": txid})
         if self._queued is None:
@@ -175,6 +168,27 @@ class LitestreamEngine(Engine):
                 self._syncer = asyncio.create_task(self._run_syncs(), name="litestream-sync")
         # shield: a cancelled caller must not cancel the sync others share.
         return await asyncio.shield(self._queued)
+
+    async def promise_position(self) -> Txid:
+        """A txid covering every commit finished before this call, from local files alone (primary only).
+
+        The newest L0 txid if it holds the WAL's end, else `newest + 2`, which the keeper makes exist
+        (`litestream_keeper`); `commit_position()` when the files cannot tell or the keeper cannot write.
+        """
+        self._require_primary("promise_position()")
+        if self.covering is not None and self.keeper.failed is None and (answer := self.covering.promise()):
+            txid, promised = answer
+            if promised:
+                self.keeper.promise(txid)
+            return self._advance({"txid": txid})
+        return await self.commit_position()
+
+    def _require_primary(self, what: str) -> None:
+        if self._role is not Role.PRIMARY:
+            raise EngineError(
+                f"{what} is only available on the primary; this Litestream engine runs as a "
+                f"replica of {self.database} (its position comes from {self.txid_path.name})"
+            )
 
     async def read_position(self) -> Txid:
         """On the primary: Litestream's current txid (`GET /txid`), which may not cover the latest commit."""
@@ -223,40 +237,7 @@ class LitestreamEngine(Engine):
     ) -> dict[str, Any]:
         if self._client is None:
             self._client = ControlSocket(self.socket_path)
-        target = path + ("?" + urlencode(params) if params else "")
-        body = None if payload is None else json.dumps(payload).encode()
-        with self._map_errors():
-            async with asyncio.timeout(SYNC_TIMEOUT):
-                status, raw = await self._client.request(method, target, body)
-        text = raw.decode("utf-8", errors="replace")
-        if status != 200:
-            raise EngineError(
-                f"Litestream answered {method} {path} with {status} {text.strip()!r}; "
-                f"check that its config replicates {self.database} (`dbs: - path:` must be this absolute path)"
-            )
-        try:
-            reply = json.loads(raw)
-        except ValueError:
-            raise PositionFormatError(f"Litestream's reply to {method} {path} is not JSON: {text[:200]!r}") from None
-        if not isinstance(reply, dict):
-            raise PositionFormatError(f"Litestream's reply to {method} {path} is not a JSON object: {reply!r}")
-        return reply
-
-    @contextmanager
-    def _map_errors(self) -> Iterator[None]:
-        # The one place where control-socket errors become forwarder errors.
-        try:
-            yield
-        except TimeoutError as exc:
-            raise EngineUnavailable(
-                f"Litestream's control socket {self.socket_path} did not answer within {SYNC_TIMEOUT:g}s "
-                f"({type(exc).__name__}); check that `litestream replicate` is healthy (see its log)"
-            ) from exc
-        except (OSError, asyncio.IncompleteReadError, ControlSocketError) as exc:
-            raise EngineUnavailable(
-                f"cannot reach Litestream's control socket {self.socket_path} ({exc}): "
-                "is `litestream replicate` running with `socket: enabled: true`?"
-            ) from exc
+        return await self._client.json(method, path, params=params, payload=payload, database=self.database)
 
     # -- replica ------------------------------------------------------------------------------
 

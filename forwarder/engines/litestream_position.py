@@ -177,10 +177,10 @@ class CoveringCheck:
         if found is None:
             self.outcomes["no trusted WAL end or LTX"] += 1
             return None
-        end, txid = found
-        if txid is not None:
+        end, head = found
+        if head.end >= end.end:
             self.outcomes["in the newest LTX"] += 1
-            return txid
+            return head.txid
         deadline = time.monotonic() + ACTIVE_WAIT
         for attempt in itertools.count():
             if attempt:
@@ -222,18 +222,44 @@ class CoveringCheck:
                 done.set_result(None)
         return self._reply
 
-    def covered(self) -> tuple[WalEnd, int | None] | None:
-        """Steps 1 and 2: the WAL end, and the newest txid if it already holds it (else None).
+    def state(self) -> tuple[WalEnd | None, LtxHead | None]:
+        """The WAL's committed end and the newest L0 LTX, read in that order (either None if not trusted).
 
-        None overall when the WAL end or the newest file cannot be trusted.
+        In that order because a commit finished before the call is then in the end read, and an LTX
+        that a sync finishes in between only makes the head newer (safe for every use here).
         """
         end = wal_end(self.database)
-        if end is None:
+        return end, self._newest()
+
+    def covered(self) -> tuple[WalEnd, LtxHead] | None:
+        """Steps 1 and 2: the WAL end and the newest LTX (it holds the end if `head.end >= end.end`).
+
+        None when the WAL end or the newest file cannot be trusted, or they are of different WALs.
+        """
+        end, head = self.state()
+        if end is None or head is None or head.salts != end.salts:
             return None
-        head = self._newest()
-        if head is None or head.salts != end.salts:
+        return end, head
+
+    def promise(self) -> tuple[int, bool] | None:
+        """The prompt answer, from local files only: (txid, whether it is a promise), or None.
+
+        The newest txid if it holds the WAL end (not a promise: it exists); else `newest + 2`, which
+        holds the commit but may exist only once the keeper has made it (`TxidKeeper`).
+        """
+        found = self.covered()
+        if found is None:
+            self.outcomes["no trusted WAL end or LTX"] += 1
             return None
-        return end, head.txid if head.end >= end.end else None
+        end, head = found
+        if head.end >= end.end:
+            self.outcomes["in the newest LTX"] += 1
+            return head.txid, False
+        if end.end - head.end > MAX_PENDING_WAL:
+            self.outcomes["too much WAL pending"] += 1
+            return None
+        self.outcomes["newest + 2"] += 1
+        return head.txid + 2, True
 
     def _newest(self) -> LtxHead | None:
         head = latest_l0(self.ltx_dir, self._hint)

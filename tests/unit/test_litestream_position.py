@@ -81,11 +81,11 @@ async def test_the_txid_is_the_newest_if_it_holds_the_wal_end_else_the_next_when
     assert end is not None
     write_ltx(check.ltx_dir, 10, end.salts, 32, end.end - 32)
     found = check.covered()
-    assert found is not None and found[1] == 10  # already in txid 10, no status needed
+    assert found is not None and found[1].txid == 10 and found[1].end >= found[0].end  # in txid 10: no status
 
     conn.execute("INSERT INTO t VALUES (2)")  # committed, not in any LTX yet
     found = check.covered()
-    assert found is not None and found[1] is None
+    assert found is not None and found[1].end < found[0].end
     assert check.after_status(found[0], status(active=False)) == (11, "next txid")
     assert check.after_status(found[0], status(active=True))[0] is None  # it may have read the WAL before us
     assert check.after_status(found[0], {"databases": []})[0] is None
@@ -129,3 +129,33 @@ async def test_a_status_reply_to_a_request_sent_before_the_caller_arrived_is_not
     assert await first == {"n": 1}
     assert [await task for task in later] == [{"n": 2}] * 5  # one shared request, sent after they arrived
     assert sent == [1, 2]
+
+
+def test_the_prompt_answer_is_the_newest_if_it_holds_the_wal_end_else_newest_plus_two(db: Any) -> None:
+    path, conn = db
+    check = CoveringCheck(path)
+    end = wal_end(path)
+    assert end is not None
+    write_ltx(check.ltx_dir, 10, end.salts, 32, end.end - 32)
+    assert check.promise() == (10, False)  # exists already: nothing to keep
+
+    conn.execute("INSERT INTO t VALUES (2)")  # committed, in no LTX yet; a sync may be reading it right now
+    assert check.promise() == (12, True)  # 11 may or may not hold it; 12 does (and must be made to exist)
+
+    after = wal_end(path)
+    assert after is not None
+    write_ltx(check.ltx_dir, 11, end.salts, end.end, after.end - end.end)  # the sync that took it
+    assert check.promise() == (11, False)
+    assert check.outcomes == {"in the newest LTX": 2, "newest + 2": 1}
+
+
+def test_no_prompt_answer_for_another_wal_or_too_much_pending(db: Any) -> None:
+    path, conn = db
+    check = CoveringCheck(path)
+    end = wal_end(path)
+    assert end is not None
+    write_ltx(check.ltx_dir, 10, b"othersal", 32, end.end)  # another WAL (restarted since)
+    assert check.promise() is None
+    write_ltx(check.ltx_dir, 11, end.salts, 32, end.end - 32)
+    conn.execute("INSERT INTO t VALUES (?)", (bytes(MAX_PENDING_WAL + 1),))  # more than a sync may split
+    assert check.promise() is None

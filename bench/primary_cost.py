@@ -10,6 +10,8 @@ in turn by one `wrk` thread of POSTs, the order rotating every round:
 - `forwarder`: the same app inside `ForwarderMiddleware` as the primary of a `forwarder dev`
   cluster with one replica (same Litestream processes), `promise_position()` giving the txid
   (from local files: the newest L0 txid, or `newest + 2` kept by `litestream_keeper`);
+- `forwarder, status`: the same, asking sync-status once for every direct write (what a quiet
+  primary does, `QUIET_GAP`): `newest + 1` when no sync is active, else `newest + 2`;
 - `forwarder, exact`: the same, with the covering check that waits out an active sync (what a
   forwarded write gets, and every write before `promise_position`);
 - `forwarder, POST /sync`: the same, with every write's txid from `POST /sync` (before that);
@@ -38,18 +40,28 @@ from bench.stats import report
 from bench.write_throughput import CONCURRENCY, wrk
 from forwarder.dev.replication import Follower, Replicator
 
-SETUPS = ("bare", "litestream", "forwarder", "forwarder, exact", "forwarder, POST /sync", "forwarder, no txid")
+SETUPS = (
+    "bare",
+    "litestream",
+    "forwarder",
+    "forwarder, status",
+    "forwarder, exact",
+    "forwarder, POST /sync",
+    "forwarder, no txid",
+)
 COLUMNS = [
     "connections",
     *(f"{setup} req/s" for setup in SETUPS),
     "forwarder / litestream",
     "forwarder p50 added ms",
+    "status / litestream",
+    "status p50 added ms",
     "exact / litestream",
     "exact p50 added ms",
     "POST /sync / litestream",
     "no txid / litestream",
     "litestream / bare",
-    "p50 ms (bare, litestream, forwarder, exact, /sync, no txid)",
+    "p50 ms (bare, litestream, forwarder, status, exact, /sync, no txid)",
     "load",
 ]
 
@@ -79,6 +91,8 @@ async def measure(rounds: int, seconds: float) -> dict[str, Any]:
             stack.push_async_callback(follower.stop)
             cluster = await stack.enter_async_context(local_cluster(replicas=1))
             urls["forwarder"] = cluster.primary.url
+            status = await stack.enter_async_context(local_cluster(replicas=1, env={"BENCH_COMMIT": "status"}))
+            urls["forwarder, status"] = status.primary.url
             exact = await stack.enter_async_context(local_cluster(replicas=1, env={"BENCH_COMMIT": "exact"}))
             urls["forwarder, exact"] = exact.primary.url
             before = await stack.enter_async_context(local_cluster(replicas=1, env={"BENCH_COMMIT": "sync"}))
@@ -110,12 +124,16 @@ def _row(connections: int, runs: dict[str, list[dict[str, Any]]], load: float) -
         **{f"{setup} req/s": round(rps[setup]) for setup in SETUPS},
         "forwarder / litestream": round(rps["forwarder"] / rps["litestream"], 3),
         "forwarder p50 added ms": round(p50["forwarder"] - p50["litestream"], 2),
+        "status / litestream": round(rps["forwarder, status"] / rps["litestream"], 3),
+        "status p50 added ms": round(p50["forwarder, status"] - p50["litestream"], 2),
         "exact / litestream": round(rps["forwarder, exact"] / rps["litestream"], 3),
         "exact p50 added ms": round(p50["forwarder, exact"] - p50["litestream"], 2),
         "POST /sync / litestream": round(rps["forwarder, POST /sync"] / rps["litestream"], 3),
         "no txid / litestream": round(rps["forwarder, no txid"] / rps["litestream"], 3),
         "litestream / bare": round(rps["litestream"] / rps["bare"], 3),
-        "p50 ms (bare, litestream, forwarder, exact, /sync, no txid)": ", ".join(f"{p50[s]:.1f}" for s in SETUPS),
+        "p50 ms (bare, litestream, forwarder, status, exact, /sync, no txid)": ", ".join(
+            f"{p50[s]:.1f}" for s in SETUPS
+        ),
         "load": round(load, 2),
         "runs": runs,
     }

@@ -1,17 +1,20 @@
 """What the primary's prompt txid (`promise_position`: the newest L0 txid, or `newest + 2`) costs replicas.
 
-Three local clusters (one primary and one replica each, `bench/apps/write_app.py`), all running the
+Four local clusters (one primary and one replica each, `bench/apps/write_app.py`), all running the
 whole time, so each sees the same background load:
 
 - `default`: direct writes get the prompt txid, writes a replica forwarded (proxy) the exact one;
 - `exact`: every write gets the exact txid (`BENCH_COMMIT=exact`, as before `promise_position`);
+- `files`: the prompt txid from local files only, never one sync-status on a quiet primary
+  (`BENCH_COMMIT=files`);
 - `prompt`: every write gets the prompt txid, forwarded ones too (`BENCH_COMMIT=prompt`).
 
 Each round runs these, in random order, writes spaced 0-20 ms at random (a quiet primary: where
 `newest + 2` most often needs the keeper's write, since the next sync takes the commit alone):
 
 - `read after direct write`: `POST /write` on the primary, then `GET /write/<id>` on the replica
-  with the cookie it set; the GET's time is mostly its wait for the cookie's txid (default, exact);
+  with the cookie it set; the GET's time is mostly its wait for the cookie's txid (default, exact,
+  files);
 - `forwarded write`: `POST /write` to the replica, which proxies it and waits (default, prompt):
   total, and the replication wait from `Server-Timing`.
 
@@ -70,14 +73,21 @@ async def measure(rounds: int) -> dict[str, Any]:
         clusters = {
             "default": await stack.enter_async_context(local_cluster(replicas=1)),
             "exact": await stack.enter_async_context(local_cluster(replicas=1, env={"BENCH_COMMIT": "exact"})),
+            "files": await stack.enter_async_context(local_cluster(replicas=1, env={"BENCH_COMMIT": "files"})),
             "prompt": await stack.enter_async_context(local_cluster(replicas=1, env={"BENCH_COMMIT": "prompt"})),
         }
         client = await stack.enter_async_context(httpx.AsyncClient(timeout=30))
-        kinds = [("read", "default"), ("read", "exact"), ("forward", "default"), ("forward", "prompt")]
+        kinds = [
+            ("read", "default"),
+            ("read", "exact"),
+            ("read", "files"),
+            ("forward", "default"),
+            ("forward", "prompt"),
+        ]
         samples: dict[str, list[float]] = {}
         misses: dict[str, int] = {}
         for name in ("read after direct write", "forwarded write: total", "forwarded write: replication wait"):
-            for setup in ("default", "exact", "prompt"):
+            for setup in ("default", "exact", "files", "prompt"):
                 samples[f"{name} ({setup})"] = []
         for i in range(-10, rounds):  # 10 rounds of warm-up
             order = list(kinds)

@@ -70,6 +70,10 @@ def create() -> ASGIApp:
         forwarder.engine.promise_position = no_txid  # type: ignore[method-assign]
     if forwarder is not None and os.environ.get("BENCH_COMMIT") == "exact":
         forwarder.engine.promise_position = forwarder.engine.commit_position  # type: ignore[method-assign]
+    if forwarder is not None and os.environ.get("BENCH_COMMIT") in ("status", "files"):
+        # status: ask sync-status once for every direct write; files: never (from local files only).
+        gap = 0.0 if os.environ["BENCH_COMMIT"] == "status" else float("inf")
+        forwarder.engine.quiet_gap = gap  # type: ignore[attr-defined]  # LitestreamEngine only
     if forwarder is not None and os.environ.get("BENCH_COMMIT") == "prompt":
         commit_position = forwarder.commit_position
 

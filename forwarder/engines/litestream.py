@@ -1,8 +1,10 @@
 """The Litestream engine: `litestream replicate` on the primary, a `restore -f` follower on each replica.
 
-Primary: `commit_position()` works out from local files which txid holds every commit so far
-(`litestream_position`); when it cannot, it asks Litestream to sync (`POST /sync`, wait=true),
-and concurrent callers share those syncs (group commit).
+Primary: `promise_position()` (direct writes) answers from local files alone, the newest L0 txid
+or `newest + 2`, whose existence the keeper sees to (`litestream_keeper`); `commit_position()`
+(writes a replica waits on) works out the first txid that holds every commit so far, waiting out
+a sync in progress (`litestream_position`). When the files cannot tell, both ask Litestream to
+sync (`POST /sync`, wait=true), and concurrent callers share those syncs (group commit).
 
 Replica: the follower writes its position to `<database>-txid` (`%016x\\n`, tmp file + rename)
 after the pages are on disk. The engine watches the database's directory with inotify and
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +41,13 @@ if TYPE_CHECKING:
 __all__ = ["LitestreamEngine", "litestream_binary", "replicate_config"]
 
 logger = logging.getLogger("forwarder.engines.litestream")
+
+QUIET_GAP = 0.01
+"""Seconds since the previous `promise_position()` above which it asks sync-status once (see there).
+
+At that rate a control-socket round trip is cheap, and it spares a read with the cookie soon after a
+lone write a sync's wait: 23.6 against 33.0 ms p50 from local files alone (`bench/prompt_txid.py`).
+Under load it would cost each write a round trip (a third of the throughput at 8 connections)."""
 
 POLL_INTERVAL = 0.001
 """Seconds between stat() calls of the `-txid` file when inotify is not available."""
@@ -76,6 +86,8 @@ class LitestreamEngine(Engine):
         self._syncer: asyncio.Task[None] | None = None
         self.covering: CoveringCheck | None = CoveringCheck(self.database)  # None: always POST /sync
         self.keeper = TxidKeeper(CoveringCheck(self.database))  # makes promise_position()'s answers exist
+        self.quiet_gap = QUIET_GAP
+        self._last_promise = 0.0
         # Replica: the one watcher task and what it needs.
         self._watcher: asyncio.Task[None] | None = None
         self._inotify: Inotify | None = None
@@ -170,13 +182,22 @@ class LitestreamEngine(Engine):
         return await asyncio.shield(self._queued)
 
     async def promise_position(self) -> Txid:
-        """A txid covering every commit finished before this call, from local files alone (primary only).
+        """A txid covering every commit finished before this call, without waiting on Litestream (primary only).
 
         The newest L0 txid if it holds the WAL's end, else `newest + 2`, which the keeper makes exist
-        (`litestream_keeper`); `commit_position()` when the files cannot tell or the keeper cannot write.
+        (`litestream_keeper`). On a quiet primary (no call for `quiet_gap` s) one sync-status first,
+        so that a lone write gets `newest + 1` when no sync runs. `commit_position()` when the files
+        cannot tell or the keeper cannot write.
         """
         self._require_primary("promise_position()")
-        if self.covering is not None and self.keeper.failed is None and (answer := self.covering.promise()):
+        now = time.monotonic()
+        quiet, self._last_promise = now - self._last_promise > self.quiet_gap, now
+        covering = self.covering
+        if covering is not None and self.keeper.failed is None:
+            answer = await covering.promise_after_status(self._request) if quiet else covering.promise()
+        else:
+            answer = None
+        if answer is not None:
             txid, promised = answer
             if promised:
                 self.keeper.promise(txid)

@@ -5,17 +5,40 @@ an LTX file right now: 3-8 ms, most of a direct write's latency. Litestream's ow
 same every `monitor-interval` (10 ms in the dev cluster) anyway, so the primary can instead work
 out which txid *will* hold its commit and answer at once; the replica's wait covers the rest.
 
-Three local facts decide it, read in this order after the commit:
+Two local facts, read in this order after the commit, decide most answers:
 
 1. the WAL's committed end: SQLite's wal-index header (`<db>-shm`: salts and `mxFrame`), so
    `end = 32 + mxFrame * (page size + 24)` covers every commit finished so far, ours included;
-2. the newest local L0 LTX file (`.<db>-litestream/ltx/0/<min>-<max>.ltx`): its header says
-   which WAL (salts) and which byte range of it the txid holds;
-3. if that file does not reach `end`: `GET /debug/sync-status` on the control socket. When no
-   sync is active at that moment, the next sync to finish starts after it, so after our commit,
-   and reads the WAL to its end: txid `newest + 1` holds the commit, and it will exist because
-   the WAL holds frames no LTX holds yet. Step 2 is then read again (a sync that finished
-   between the two reads started after our commit).
+2. the newest local L0 LTX file (`.<db>-litestream/ltx/0/<min>-<max>.ltx`, say txid N): its
+   header says which WAL (salts) and which byte range of it N holds. If that reaches `end`, the
+   answer is N, which exists.
+
+Otherwise the commit is in frames no LTX held when we looked, and there are two answers:
+
+- **prompt** (`promise()`, for writes no replica is waiting on right now): `N + 2`, from the files
+  alone. It covers the commit: Litestream writes L0 txids one at a time, each from a WAL read
+  that starts after the previous txid's file is renamed (one executor semaphore), and reads
+  from where the previous txid ended to the WAL's end (a monitor sync up to 64 MiB; we claim
+  nothing past `MAX_PENDING_WAL`). N + 1 was not renamed when we looked, after our commit; so
+  either it holds the commit, or the read of N + 2 starts after our commit, at N + 1's end, which
+  is before our frames, and takes them (a snapshot, after a WAL restart, takes everything). It
+  exists if N + 1 did not hold the commit (the frames are still pending, the next sync takes them);
+  if N + 1 did and nothing is written after, Litestream has nothing more to sync, and the keeper
+  (`litestream_keeper`) writes one row so that it does.
+- **exact** (`txid()`, for writes a replica waits on right now: proxied writes, RPC):
+  `GET /debug/sync-status` on the control socket. When no sync is active at that moment, the
+  next sync to finish starts after it, so after our commit, and reads the WAL to its end: txid
+  `N + 1` holds the commit, and it will exist because the WAL holds frames no LTX holds yet
+  (step 2 is read again: a sync that finished between the two reads started after our commit).
+  While a sync is active, it asks again every `ACTIVE_POLL_INTERVAL`: that sync may have read
+  the WAL before our commit. This gets the replica the first txid that holds the write, one sync
+  sooner than `N + 2` when N + 1 holds it, at the price of waiting out the active sync: 3-8 ms
+  idle, over 20 ms loaded, during which concurrent writers queue (most of the primary's cost
+  before the prompt answer: `bench/primary_cost.py`, `bench/prompt_txid.py`).
+
+`promise_after_status()`, what a quiet primary uses for its prompt answer, asks sync-status once
+without waiting: `N + 1` if no sync is active, else `N + 2`; so a read with the cookie soon after a
+lone write waits for the first txid that holds it (and the keeper has nothing to write).
 
 It does not also ask Litestream to sync at once (a background `POST /sync`, wait=false), though
 that would get the txid to a waiting replica up to a monitor interval sooner: measured on the
@@ -23,10 +46,12 @@ primary, it cut direct-write throughput to that of `POST /sync` per write (83/24
 250/422/578 writes/s at 1/8/32 connections, `bench/primary_cost.py`-style A/B, load average 10),
 because back-to-back syncs keep a sync active, and callers then wait it out.
 
-Anything unexpected (WAL restarted, salts differ, a sync in progress, an unknown header, more than
-`MAX_PENDING_WAL` bytes not yet synced, which a size-limited sync might split) answers None, and
-the caller falls back to `POST /sync`. Litestream source checked: v0.5.16 `db.go` (every sync and
-checkpoint runs between `beginSyncDiag` and `finishSyncDiag`, under the one executor semaphore).
+Anything unexpected (WAL restarted, salts differ, a sync staying active, an unknown header, more
+than `MAX_PENDING_WAL` bytes not yet synced, which a size-limited sync might split) answers None,
+and the caller falls back to `POST /sync`. Litestream source checked: v0.5.16 `db.go` (`sync`:
+the WAL read in `pageMap`, then the `.tmp` file renamed; every sync and checkpoint runs between
+`beginSyncDiag` and `finishSyncDiag`, under the one executor semaphore; a checkpoint syncs the WAL
+before it and snapshots after a restart).
 """
 
 from __future__ import annotations
@@ -198,6 +223,27 @@ class CoveringCheck:
                 return txid
         self.outcomes[_ACTIVE] += 1
         return None
+
+    async def promise_after_status(self, request: Callable[..., Awaitable[dict[str, Any]]]) -> tuple[int, bool] | None:
+        """Like `promise()`, with one `GET /debug/sync-status` and no waiting when the newest does not hold the end.
+
+        No sync active: `newest + 1`, which exists soon without the keeper (our frames are in no LTX
+        yet); a sync active (or a status that does not say): `promise()` again, so `newest + 2`.
+        """
+        found = self.covered()
+        if found is None or found[1].end >= found[0].end:
+            return self.promise()
+        end = found[0]
+        try:
+            status = await self._status(request)
+        except EngineError:
+            self.outcomes["sync-status failed"] += 1
+            return None
+        txid, outcome = self.after_status(end, status)
+        if outcome == _ACTIVE:
+            return self.promise()
+        self.outcomes[outcome] += 1
+        return None if txid is None else (txid, False)
 
     async def _status(self, request: Callable[..., Awaitable[dict[str, Any]]]) -> dict[str, Any]:
         """`GET /debug/sync-status`, shared by concurrent callers.

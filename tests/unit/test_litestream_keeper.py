@@ -16,6 +16,7 @@ from forwarder.engines.base import Role
 from forwarder.engines.litestream import LitestreamEngine
 from forwarder.engines.litestream_keeper import MAX_BUMPS, TxidKeeper
 from forwarder.engines.litestream_position import CoveringCheck, latest_l0, wal_end
+from forwarder.exceptions import EngineUnavailable
 from forwarder.txid import Txid
 
 from .test_litestream_position import write_ltx
@@ -167,6 +168,7 @@ async def test_the_engine_answers_from_files_keeps_its_promises_and_falls_back_w
         return Txid(99)
 
     engine.commit_position = commit_position  # type: ignore[method-assign]
+    engine.quiet_gap = float("inf")  # from the files only (no sync-status: there is no Litestream here)
     with anyio.fail_after(5):
         assert await engine.promise_position() == 10  # the newest holds the WAL end
         assert not engine.keeper.running
@@ -185,3 +187,28 @@ async def test_the_engine_answers_from_files_keeps_its_promises_and_falls_back_w
         conn.execute("INSERT INTO t VALUES (2)")
         assert await engine.promise_position() == 99  # promises stop: the exact answer instead
         assert exact == ["asked"]
+
+
+async def test_a_quiet_primary_asks_sync_status_once_and_answers_the_next_txid_when_no_sync_runs(
+    db: tuple[Path, sqlite3.Connection],
+) -> None:
+    path, conn = db
+    check = CoveringCheck(path)
+    asked: list[str] = []
+    active = False
+
+    async def request(method: str, target: str, **_: object) -> dict[str, object]:
+        asked.append(target)
+        return {"databases": [{"path": str(path), "active": active}]}
+
+    assert await check.promise_after_status(request) == (10, False) and asked == []  # held already: no question
+    conn.execute("INSERT INTO t VALUES (1)")
+    assert await check.promise_after_status(request) == (11, False)  # exists soon: our frames are pending
+    active = True
+    assert await check.promise_after_status(request) == (12, True)  # the running sync may hold it, or not
+    assert asked == ["/debug/sync-status"] * 2
+
+    async def failing(method: str, target: str, **_: object) -> dict[str, object]:
+        raise EngineUnavailable("no socket")
+
+    assert await check.promise_after_status(failing) is None  # then commit_position() decides

@@ -18,6 +18,7 @@ Bounded: it runs only while a promise is outstanding (no task, no reads, no writ
 it writes only when the WAL is seen idle (or nothing moved for `STALL` seconds), at most
 `MAX_BUMPS` times without the newest txid moving, and gives a promise up `GIVE_UP` seconds after
 the last one (Litestream stopped: replicas time out and apply their lag policy, as for any stall).
+Closing it keeps the outstanding promise for up to `CLOSE_WAIT` seconds, then stops it.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ MAX_BUMPS = 3
 GIVE_UP = 60.0
 """Seconds after the last promise at which an outstanding one is given up (logged)."""
 
+CLOSE_WAIT = 1.0
+"""Seconds `aclose()` gives an outstanding promise to be kept: a replica may be waiting on it right now."""
+
 BUMP = "INSERT INTO _litestream_seq (id, seq) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET seq = seq + 1"
 """What Litestream itself runs to put a frame in the WAL (`bumpLitestreamSeq`, v0.5): no schema of ours."""
 
@@ -77,10 +81,16 @@ class TxidKeeper:
             self._task = asyncio.create_task(self._keep(), name=f"litestream-keeper {self.check.database}")
 
     async def aclose(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
+        """Stop, after keeping the outstanding promise for up to `CLOSE_WAIT` s (Litestream outlives the app)."""
+        task = self._task
+        if task is None:
+            return
+        try:
+            await asyncio.wait([task], timeout=CLOSE_WAIT)
+        finally:
             task.cancel()
             await asyncio.wait([task])
+            self._task = None
 
     async def _keep(self) -> None:
         newest_seen: int | None = None

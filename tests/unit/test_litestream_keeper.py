@@ -146,20 +146,30 @@ async def test_without_syncs_the_keeper_bumps_a_few_times_then_gives_up(
     assert conn.execute("SELECT seq FROM _litestream_seq").fetchall() == [(MAX_BUMPS,)]
 
 
-async def test_close_stops_a_running_keeper(db: tuple[Path, sqlite3.Connection]) -> None:
-    path, _ = db
+async def test_close_keeps_the_outstanding_promise_then_stops(
+    db: tuple[Path, sqlite3.Connection], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, conn = db
+    check = CoveringCheck(path)
+    conn.execute("INSERT INTO t VALUES (1)")
+    assert sync(check) == 11  # took the commit: 12 needs the keeper
     keeper = TxidKeeper(CoveringCheck(path))
-    keeper.promise(20)
-    assert keeper.running
     with anyio.fail_after(5):
+        async with litestream(check):
+            keeper.promise(12)
+            await keeper.aclose()  # at once: a replica may be waiting on 12 right now
+            assert newest(check) == 12 and not keeper.running
+        monkeypatch.setattr(litestream_keeper, "CLOSE_WAIT", 0.05)
+        keeper.promise(20)  # that Litestream (stopped) will never make
         await keeper.aclose()
     assert not keeper.running
 
 
 async def test_the_engine_answers_from_files_keeps_its_promises_and_falls_back_when_it_cannot_write(
-    db: tuple[Path, sqlite3.Connection],
+    db: tuple[Path, sqlite3.Connection], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path, conn = db
+    monkeypatch.setattr(litestream_keeper, "CLOSE_WAIT", 0.05)  # no Litestream here to keep a promise
     engine = LitestreamEngine(path, Role.PRIMARY, socket_path=path.parent / "no.sock")
     exact: list[str] = []
 

@@ -148,4 +148,6 @@ class TxidKeeper:
 
     def _write(self) -> None:
         with closing(sqlite3.connect(self.check.database, timeout=5, isolation_level=None)) as conn:
+            # No fsync while holding the write lock: Litestream reads the WAL file, durable or not.
+            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(BUMP)

@@ -5,6 +5,7 @@ Kept minimal so the figures are forwarder's and the engine's, not an app's. Conf
 
 - `POST /write` with a text body inserts a row; on a replica the middleware forwards it.
 - `GET /write/<id>` reads the row back (404 if this node's copy does not hold it).
+- `GET /outcomes` on a forwarder primary: how its covering check answered, and the keeper's writes.
 - `/rpc` (websocket): each text message is stored through `@primary_only` and answered with its id.
 
 `BENCH_BARE=1` serves the same handlers without forwarder, on `BENCH_DATABASE` (the primary-cost
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio.to_thread
 from starlette.applications import Starlette
@@ -99,6 +101,16 @@ def create() -> ASGIApp:
         row = await anyio.to_thread.run_sync(select)
         return JSONResponse({"text": row[0]} if row else {"missing": True}, status_code=200 if row else 404)
 
+    async def outcomes(request: Request) -> JSONResponse:
+        engine: Any = forwarder.engine if forwarder is not None else None
+        covering, keeper = getattr(engine, "covering", None), getattr(engine, "keeper", None)
+        return JSONResponse(
+            {
+                "outcomes": dict(covering.outcomes) if covering is not None else {},
+                "keeper writes": keeper.bumps if keeper is not None else 0,
+            }
+        )
+
     async def rpc(websocket: WebSocket) -> None:
         await websocket.accept()
         try:
@@ -115,7 +127,12 @@ def create() -> ASGIApp:
                 conn.execute(SCHEMA)
         yield
 
-    routes = [Route("/write", write, methods=["POST"]), Route("/write/{id:int}", read), WebSocketRoute("/rpc", rpc)]
+    routes = [
+        Route("/write", write, methods=["POST"]),
+        Route("/write/{id:int}", read),
+        Route("/outcomes", outcomes),
+        WebSocketRoute("/rpc", rpc),
+    ]
     app = Starlette(routes=routes, lifespan=lifespan)
     return app if forwarder is None else ForwarderMiddleware(app, forwarder=forwarder)
 

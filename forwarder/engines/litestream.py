@@ -146,8 +146,11 @@ class LitestreamEngine(Engine):
             self._guard.check()
 
     async def aclose(self) -> None:
-        """Stop the watcher, the syncer and the keeper, and close the socket client."""
+        """Stop the watcher, the syncer and the keeper, and close the socket client and the files."""
         await self.keeper.aclose()
+        self.keeper.check.close()
+        if self.covering is not None:
+            self.covering.close()
         tasks = [task for task in (self._watcher, self._syncer, self._guard_task) if task is not None]
         for task in tasks:
             task.cancel()

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from forwarder.engines.litestream_position import MAX_PENDING_WAL, CoveringCheck, latest_l0, wal_end
+from forwarder.engines.litestream_position import MAX_PENDING_WAL, CoveringCheck, ShmFile, latest_l0, wal_end
 
 pytestmark = pytest.mark.anyio
 
@@ -44,6 +44,25 @@ def test_wal_end_is_the_committed_end_of_the_wal_file(db: Any) -> None:
     assert second.salts == Path(f"{path}-wal").read_bytes()[16:24]
 
 
+def test_the_wal_index_kept_open_follows_the_file_when_sqlite_makes_a_new_one(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    shm = ShmFile(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE t (v)")
+    assert wal_end(path, shm) == wal_end(path) is not None
+    conn.close()  # the last connection: SQLite checkpoints and deletes the WAL and its index
+    assert not Path(f"{path}-shm").exists() and wal_end(path, shm) is None
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("INSERT INTO t VALUES (1)")  # a new WAL, a new index file
+    try:
+        fresh = wal_end(path)
+        assert fresh is not None and wal_end(path, shm) == fresh
+    finally:
+        conn.close()
+        shm.close()
+
+
 def test_wal_end_is_unknown_without_a_wal_index_or_with_torn_copies(tmp_path: Path, db: Any) -> None:
     assert wal_end(tmp_path / "missing.db") is None
     path, _ = db
@@ -64,7 +83,13 @@ def test_latest_l0_reads_the_newest_file_and_probes_forward_from_a_hint(tmp_path
     write_ltx(ltx, 6, b"saltsalt", 32, 700)
     assert (h := latest_l0(ltx, hint=4)) is not None and h.txid == 6  # probed 5, 6, then 7 is absent
     assert (h := latest_l0(ltx, hint=2)) is not None and h.txid == 6  # hint's file gone: listed instead
+    known = latest_l0(ltx, hint=6)
+    (ltx / "0000000000000006-0000000000000006.ltx").write_bytes(b"not read again")
+    assert latest_l0(ltx, hint=6, known=known) is known  # the newest is unchanged: its header is not re-read
+    assert latest_l0(ltx, hint=6) is None  # (read, it is garbage)
+    write_ltx(ltx, 6, b"saltsalt", 32, 700)
     write_ltx(ltx, 7, b"saltsalt", 0, 0)  # a snapshot, not a WAL range: not trusted
+    assert latest_l0(ltx, hint=6, known=known) is None  # a newer file: read
     assert latest_l0(ltx) is None
     write_ltx(ltx, 8, b"saltsalt", 32, 10, magic=b"XXXX")
     assert latest_l0(ltx) is None

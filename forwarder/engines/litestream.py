@@ -42,12 +42,14 @@ __all__ = ["LitestreamEngine", "litestream_binary", "replicate_config"]
 
 logger = logging.getLogger("forwarder.engines.litestream")
 
-QUIET_GAP = 0.01
+QUIET_GAP = 0.05
 """Seconds since the previous `promise_position()` above which it asks sync-status once (see there).
 
-At that rate a control-socket round trip is cheap, and it spares a read with the cookie soon after a
-lone write a sync's wait: 23.6 against 33.0 ms p50 from local files alone (`bench/prompt_txid.py`).
-Under load it would cost each write a round trip (a third of the throughput at 8 connections)."""
+At 20 writes/s or fewer a control-socket round trip is cheap, and it spares a read with the cookie
+soon after a lone write a sync's wait: 23.6 against 33.0 ms p50 from local files alone
+(`bench/prompt_txid.py`). Asked for every write, it cost a third of the throughput at 8
+connections and 3-4 ms p50 at 1 on a loaded machine (`bench/primary_cost.py`, `forwarder, status`),
+where a round trip to another process waits for a core; hence a gap well above a busy client's."""
 
 POLL_INTERVAL = 0.001
 """Seconds between stat() calls of the `-txid` file when inotify is not available."""

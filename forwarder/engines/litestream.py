@@ -179,6 +179,9 @@ class LitestreamEngine(Engine):
         self._require_primary("commit_position()")
         if self.covering is not None and (txid := await self.covering.txid(self._request)) is not None:
             return self._advance({"txid": txid})
+        return await self._group_sync()
+
+    async def _group_sync(self) -> Txid:
         if self._queued is None:
             self._queued = asyncio.get_running_loop().create_future()
             if self._syncer is None:
@@ -191,8 +194,10 @@ class LitestreamEngine(Engine):
 
         The newest L0 txid if it holds the WAL's end, else `newest + 2`, which the keeper makes exist
         (`litestream_keeper`). On a quiet primary (no call for `quiet_gap` s) one sync-status first,
-        so that a lone write gets `newest + 1` when no sync runs. `commit_position()` when the files
-        cannot tell or the keeper cannot write.
+        so that a lone write gets `newest + 1` when no sync runs. When the files cannot tell (the WAL
+        just restarted, over `MAX_PENDING_WAL` not synced yet) or the keeper cannot write: `POST /sync`,
+        shared by every caller in that window, not `commit_position()`'s polling of sync-status
+        (under load that polling cost the event loop more than the rare forced sync).
         """
         self._require_primary("promise_position()")
         now = time.monotonic()
@@ -207,7 +212,7 @@ class LitestreamEngine(Engine):
             if promised:
                 self.keeper.promise(txid)
             return self._advance({"txid": txid})
-        return await self.commit_position()
+        return await self._group_sync()
 
     def _require_primary(self, what: str) -> None:
         if self._role is not Role.PRIMARY:

@@ -35,8 +35,10 @@ __all__ = ["BUMP", "TxidKeeper"]
 
 logger = logging.getLogger("forwarder.engines.litestream")
 
-QUIET = 0.002
-"""Seconds without a new promise before the keeper reads any file."""
+QUIET = 0.01
+"""Seconds without a new promise before the keeper reads any file: about one monitor interval, the time
+the sync that takes a lone write needs anyway; under load, lulls that long are rare, so the writes
+that keep coming, not the keeper, make the promised txids."""
 
 RECHECK = 0.002
 """Seconds between looks while a promise is outstanding and the writes have stopped."""

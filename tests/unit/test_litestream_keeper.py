@@ -173,11 +173,11 @@ async def test_the_engine_answers_from_files_keeps_its_promises_and_falls_back_w
     engine = LitestreamEngine(path, Role.PRIMARY, socket_path=path.parent / "no.sock")
     exact: list[str] = []
 
-    async def commit_position() -> Txid:
-        exact.append("asked")
+    async def group_sync() -> Txid:
+        exact.append("POST /sync")
         return Txid(99)
 
-    engine.commit_position = commit_position  # type: ignore[method-assign]
+    engine._group_sync = group_sync  # type: ignore[method-assign]
     engine.quiet_gap = float("inf")  # from the files only (no sync-status: there is no Litestream here)
     with anyio.fail_after(5):
         assert await engine.promise_position() == 10  # the newest holds the WAL end
@@ -195,8 +195,8 @@ async def test_the_engine_answers_from_files_keeps_its_promises_and_falls_back_w
         await kept(engine.keeper)
         assert engine.keeper.failed is not None and "_litestream_seq" in engine.keeper.failed
         conn.execute("INSERT INTO t VALUES (2)")
-        assert await engine.promise_position() == 99  # promises stop: the exact answer instead
-        assert exact == ["asked"]
+        assert await engine.promise_position() == 99  # promises stop: a forced sync instead
+        assert exact == ["POST /sync"]
 
 
 async def test_a_quiet_primary_asks_sync_status_once_and_answers_the_next_txid_when_no_sync_runs(

@@ -10,9 +10,9 @@ each commit, one candidate is asked, the candidates taking turns (A/B/C alternat
 - `covering check`: `LitestreamEngine.commit_position()` now (`litestream_position`, the exact
   answer a forwarded write gets), with how often each branch answered;
 - `prompt`: `LitestreamEngine.promise_position()` (a direct write's answer: the newest L0 txid or
-  `newest + 2`, kept by `litestream_keeper`), with its branches and the keeper's writes; here the
-  calls are more than `QUIET_GAP` apart, so it asks sync-status once (`newest + 1` when no sync
-  runs); `prompt from files` is the same with that off, as on a busy primary.
+  `newest + 2`, kept by `litestream_keeper`), as the engine runs it: sync-status once when its
+  previous call was over `QUIET_GAP` ago (`newest + 1` when no sync runs), which depends on how
+  fast this machine goes round the candidates; `prompt from files` never asks, as on a busy primary.
 
 Every txid the covering check or the prompt answer returns is then verified: once Litestream has
 written that txid's LTX file, its header must hold the commit's WAL end (a violation would break

@@ -13,6 +13,10 @@ Two local facts, read in this order after the commit, decide most answers:
    header says which WAL (salts) and which byte range of it N holds. If that reaches `end`, the
    answer is N, which exists.
 
+Both are read on the event loop, for every write, so with few system calls: the wal-index is kept
+open (`ShmFile`: a `stat`, then a `pread`), and the newest LTX is found by name from the last one
+seen (two `stat` calls) and its header read once per txid.
+
 Otherwise the commit is in frames no LTX held when we looked, and there are two answers:
 
 - **prompt** (`promise()`, for writes no replica is waiting on right now): `N + 2`, from the files

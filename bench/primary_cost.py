@@ -8,14 +8,22 @@ in turn by one `wrk` thread of POSTs, the order rotating every round:
   cluster's config) to a directory one `restore -f` follower reads: a single-node app with
   Litestream and no forwarder;
 - `forwarder`: the same app inside `ForwarderMiddleware` as the primary of a `forwarder dev`
-  cluster with one replica (same Litestream processes), the covering check giving the txid;
-- `forwarder, POST /sync`: the same, with every write's txid from `POST /sync` (before);
+  cluster with one replica (same Litestream processes), `promise_position()` giving the txid
+  (from local files: the newest L0 txid, or `newest + 2` kept by `litestream_keeper`);
+- `forwarder, status`: the same, asking sync-status once for every direct write (what a quiet
+  primary does, `QUIET_GAP`): `newest + 1` when no sync is active, else `newest + 2`;
+- `forwarder, exact`: the same, with the covering check that waits out an active sync (what a
+  forwarded write gets, and every write before `promise_position`);
+- `forwarder, POST /sync`: the same, with every write's txid from `POST /sync` (before that);
 - `forwarder, no txid`: the same, answering txid 1 without asking Litestream. Not correct, not a
   candidate: the floor that shows how much of the primary's cost is the txid.
 
 The target: forwarder / litestream throughput >= 0.9 and p50 added < 1 ms, at every concurrency.
+`--setups` runs fewer forwarder setups (each cluster's idle Litestream processes load the machine
+too); `bare`, `litestream` and `forwarder` always run. `_litestream_seq` bumps are counted per
+forwarder setup: Litestream's after its checkpoints, and the keeper's.
 
-    .venv/bin/python -m bench.primary_cost [--rounds 3 --seconds 2]
+    .venv/bin/python -m bench.primary_cost [--rounds 3 --seconds 2] [--setups "forwarder, exact" ...]
 """
 
 from __future__ import annotations
@@ -23,9 +31,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sqlite3
 import statistics
 import tempfile
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, closing
 from pathlib import Path
 from typing import Any
 
@@ -33,23 +42,40 @@ from bench.local_cluster import local_cluster
 from bench.servers import uvicorn_server
 from bench.stats import report
 from bench.write_throughput import CONCURRENCY, wrk
+from forwarder.dev import Cluster
 from forwarder.dev.replication import Follower, Replicator
 
-SETUPS = ("bare", "litestream", "forwarder", "forwarder, POST /sync", "forwarder, no txid")
-COLUMNS = [
-    "connections",
-    *(f"{setup} req/s" for setup in SETUPS),
-    "forwarder / litestream",
-    "forwarder p50 added ms",
-    "POST /sync / litestream",
-    "no txid / litestream",
-    "litestream / bare",
-    "p50 ms (bare, litestream, forwarder, /sync, no txid)",
-    "load",
-]
+CLUSTERS: dict[str, dict[str, str]] = {
+    "forwarder": {},
+    "forwarder, status": {"BENCH_COMMIT": "status"},
+    "forwarder, exact": {"BENCH_COMMIT": "exact"},
+    "forwarder, POST /sync": {"BENCH_COMMIT": "sync"},
+    "forwarder, no txid": {"BENCH_COMMIT": "none"},
+}
+SETUPS = ("bare", "litestream", *CLUSTERS)
+SHORT = {"forwarder, status": "status", "forwarder, exact": "exact", "forwarder, POST /sync": "POST /sync"}
+SHORT["forwarder, no txid"] = "no txid"
 
 
-async def measure(rounds: int, seconds: float) -> dict[str, Any]:
+def columns(setups: tuple[str, ...] = SETUPS) -> list[str]:
+    others = [s for s in setups if s in CLUSTERS and s != "forwarder"]
+    return [
+        "connections",
+        *(f"{setup} req/s" for setup in setups),
+        "forwarder / litestream",
+        "forwarder p50 added ms",
+        *(f"{SHORT[s]} / litestream" for s in others),
+        *(f"{SHORT[s]} p50 added ms" for s in others),
+        "litestream / bare",
+        f"p50 ms ({', '.join(SHORT.get(s, s) for s in setups)})",
+        "load",
+    ]
+
+
+COLUMNS = columns()
+
+
+async def measure(rounds: int, seconds: float, setups: tuple[str, ...] = SETUPS) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         async with AsyncExitStack() as stack:
@@ -72,54 +98,72 @@ async def measure(rounds: int, seconds: float) -> dict[str, Any]:
             )
             await follower.start()
             stack.push_async_callback(follower.stop)
-            cluster = await stack.enter_async_context(local_cluster(replicas=1))
-            urls["forwarder"] = cluster.primary.url
-            before = await stack.enter_async_context(local_cluster(replicas=1, env={"BENCH_COMMIT": "sync"}))
-            urls["forwarder, POST /sync"] = before.primary.url
-            floor = await stack.enter_async_context(local_cluster(replicas=1, env={"BENCH_COMMIT": "none"}))
-            urls["forwarder, no txid"] = floor.primary.url
-            for setup in SETUPS:  # warm up
+            clusters: dict[str, Cluster] = {}
+            for setup in setups:
+                if setup in CLUSTERS:
+                    clusters[setup] = await stack.enter_async_context(local_cluster(1, env=CLUSTERS[setup]))
+                    urls[setup] = clusters[setup].primary.url
+            for setup in setups:  # warm up
                 await wrk([urls[setup]], 2, 1)
+            seq_before = {setup: _seq(on) for setup, on in clusters.items()}
             rows = []
             for connections in CONCURRENCY:
-                runs: dict[str, list[dict[str, Any]]] = {setup: [] for setup in SETUPS}
+                runs: dict[str, list[dict[str, Any]]] = {setup: [] for setup in setups}
                 load = os.getloadavg()[0]
                 for i in range(rounds):
-                    order = SETUPS[i % len(SETUPS) :] + SETUPS[: i % len(SETUPS)]
+                    order = setups[i % len(setups) :] + setups[: i % len(setups)]
                     for setup in order:
                         runs[setup].append(await wrk([urls[setup]], connections, seconds))
-                rows.append(_row(connections, runs, load))
-            return {"rows": rows, "rounds": rounds, "seconds": seconds}
+                rows.append(_row(connections, runs, load, setups))
+            # Litestream bumps `_litestream_seq` after its checkpoints, the keeper when it makes a promise exist.
+            bumps = {setup: _seq(on) - seq_before[setup] for setup, on in clusters.items()}
+            return {"rows": rows, "rounds": rounds, "seconds": seconds, "litestream_seq_bumps": bumps}
 
 
-def _row(connections: int, runs: dict[str, list[dict[str, Any]]], load: float) -> dict[str, Any]:
+def _seq(cluster: Cluster) -> int:
+    with closing(sqlite3.connect(f"file:{cluster.replicator.database}?mode=ro", uri=True, timeout=5)) as db:
+        row = db.execute("SELECT max(seq) FROM _litestream_seq").fetchone()
+    return int(row[0] or 0)
+
+
+def _row(
+    connections: int, runs: dict[str, list[dict[str, Any]]], load: float, setups: tuple[str, ...] = SETUPS
+) -> dict[str, Any]:
     def median(setup: str, key: str) -> float:
         return float(statistics.median(run[key] for run in runs[setup]))
 
-    rps = {setup: median(setup, "rps") for setup in SETUPS}
-    p50 = {setup: median(setup, "p50_us") / 1000 for setup in SETUPS}
-    return {
-        "connections": connections,
-        **{f"{setup} req/s": round(rps[setup]) for setup in SETUPS},
-        "forwarder / litestream": round(rps["forwarder"] / rps["litestream"], 3),
-        "forwarder p50 added ms": round(p50["forwarder"] - p50["litestream"], 2),
-        "POST /sync / litestream": round(rps["forwarder, POST /sync"] / rps["litestream"], 3),
-        "no txid / litestream": round(rps["forwarder, no txid"] / rps["litestream"], 3),
-        "litestream / bare": round(rps["litestream"] / rps["bare"], 3),
-        "p50 ms (bare, litestream, forwarder, /sync, no txid)": ", ".join(f"{p50[s]:.1f}" for s in SETUPS),
-        "load": round(load, 2),
-        "runs": runs,
-    }
+    rps = {setup: median(setup, "rps") for setup in setups}
+    p50 = {setup: median(setup, "p50_us") / 1000 for setup in setups}
+    row: dict[str, Any] = {"connections": connections, **{f"{s} req/s": round(rps[s]) for s in setups}}
+    for setup in setups:
+        if setup in CLUSTERS:
+            name = SHORT.get(setup, setup)
+            row[f"{name} / litestream"] = round(rps[setup] / rps["litestream"], 3)
+            row[f"{name} p50 added ms"] = round(p50[setup] - p50["litestream"], 2)
+    row["litestream / bare"] = round(rps["litestream"] / rps["bare"], 3)
+    row[f"p50 ms ({', '.join(SHORT.get(s, s) for s in setups)})"] = ", ".join(f"{p50[s]:.1f}" for s in setups)
+    return {**row, "load": round(load, 2), "runs": runs}
 
 
-def run(rounds: int, seconds: float) -> dict[str, Any]:
-    return asyncio.run(measure(rounds, seconds))
+def run(rounds: int, seconds: float, setups: tuple[str, ...] = SETUPS) -> dict[str, Any]:
+    return asyncio.run(measure(rounds, seconds, setups))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="the primary's write throughput with and without forwarder")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=2)
+    parser.add_argument("--setups", nargs="*", choices=list(CLUSTERS), help="forwarder setups to run (default: all)")
     args = parser.parse_args()
-    result = run(args.rounds, args.seconds)
-    report("primary_cost", result, result["rows"], COLUMNS)
+    chosen = (
+        "bare",
+        "litestream",
+        "forwarder",
+        *(s for s in CLUSTERS if s in (args.setups or CLUSTERS) and s != "forwarder"),
+    )
+    result = run(args.rounds, args.seconds, chosen)
+    report("primary_cost", result, result["rows"], columns(chosen))
+    print(
+        "_litestream_seq bumps during the run (keeper writes + Litestream's checkpoints):",
+        result["litestream_seq_bumps"],
+    )

@@ -306,9 +306,15 @@ class Forwarder:
 
     # -- operations --------------------------------------------------------------------------
 
-    async def commit_position(self) -> Txid:
-        """On the primary: a txid covering every commit finished before this call."""
-        txid = await self.engine.commit_position()
+    async def commit_position(self, *, prompt: bool = False) -> Txid:
+        """On the primary: a txid covering every commit finished before this call.
+
+        `prompt=True` when no replica waits on the answer right now (a write made on the primary
+        itself, or replayed to it): the engine may then answer at once with a txid that comes to
+        exist a little later (`Engine.promise_position`); a replica that forwarded the write and
+        waits for the txid gets one that exists as soon as it can (`Engine.commit_position`).
+        """
+        txid = await (self.engine.promise_position() if prompt else self.engine.commit_position())
         self.tracker.advance(txid)
         return txid
 

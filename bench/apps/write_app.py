@@ -4,12 +4,17 @@ Kept minimal so the figures are forwarder's and the engine's, not an app's. Conf
 `FORWARDER_*` like any app (the dev cluster sets them).
 
 - `POST /write` with a text body inserts a row; on a replica the middleware forwards it.
+- `GET /write/<id>` reads the row back (404 if this node's copy does not hold it).
+- `GET /outcomes` on a forwarder primary: how its covering check answered, and the keeper's writes.
 - `/rpc` (websocket): each text message is stored through `@primary_only` and answered with its id.
 
 `BENCH_BARE=1` serves the same handlers without forwarder, on `BENCH_DATABASE` (the primary-cost
 benchmark's baselines); `BENCH_COMMIT=sync` makes a forwarder primary ask `POST /sync` for every
-write, as before the covering check (`forwarder.engines.litestream_position`); `BENCH_COMMIT=none`
-gives every write txid 1 without asking Litestream (not correct: it shows what the txid costs).
+write, as before the covering check (`forwarder.engines.litestream_position`); `BENCH_COMMIT=exact`
+gives direct writes the txid a forwarded write gets (the covering check that waits out an active
+sync, as before `promise_position`); `BENCH_COMMIT=prompt` gives forwarded writes the prompt
+txid direct writes get (`newest + 2`); `BENCH_COMMIT=none` gives every write txid 1 without asking
+Litestream (not correct: it shows what the txid costs).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio.to_thread
 from starlette.applications import Starlette
@@ -63,12 +69,47 @@ def create() -> ASGIApp:
             return Txid(1)
 
         forwarder.engine.commit_position = no_txid  # type: ignore[method-assign]
+        forwarder.engine.promise_position = no_txid  # type: ignore[method-assign]
+    if forwarder is not None and os.environ.get("BENCH_COMMIT") == "exact":
+        forwarder.engine.promise_position = forwarder.engine.commit_position  # type: ignore[method-assign]
+    if forwarder is not None and os.environ.get("BENCH_COMMIT") in ("status", "files"):
+        # status: ask sync-status once for every direct write; files: never (from local files only).
+        gap = 0.0 if os.environ["BENCH_COMMIT"] == "status" else float("inf")
+        forwarder.engine.quiet_gap = gap  # type: ignore[attr-defined]  # LitestreamEngine only
+    if forwarder is not None and os.environ.get("BENCH_COMMIT") == "prompt":
+        commit_position = forwarder.commit_position
+
+        async def always_prompt(*, prompt: bool = False) -> Txid:
+            return await commit_position(prompt=True)
+
+        forwarder.commit_position = always_prompt  # type: ignore[method-assign]
     is_primary = bare or (forwarder is not None and forwarder.is_primary)
 
     async def write(request: Request) -> JSONResponse:
         text = (await request.body()).decode("utf-8", errors="replace")
         row_id = await anyio.to_thread.run_sync(insert, database or database_of(forwarder), text)
         return JSONResponse({"id": row_id}, status_code=201)
+
+    async def read(request: Request) -> JSONResponse:
+        def select() -> tuple[str] | None:
+            with (database or database_of(forwarder)).read() as conn:
+                row: tuple[str] | None = conn.execute(
+                    "SELECT text FROM writes WHERE id = ?", (request.path_params["id"],)
+                ).fetchone()
+                return row
+
+        row = await anyio.to_thread.run_sync(select)
+        return JSONResponse({"text": row[0]} if row else {"missing": True}, status_code=200 if row else 404)
+
+    async def outcomes(request: Request) -> JSONResponse:
+        engine: Any = forwarder.engine if forwarder is not None else None
+        covering, keeper = getattr(engine, "covering", None), getattr(engine, "keeper", None)
+        return JSONResponse(
+            {
+                "outcomes": dict(covering.outcomes) if covering is not None else {},
+                "keeper writes": keeper.bumps if keeper is not None else 0,
+            }
+        )
 
     async def rpc(websocket: WebSocket) -> None:
         await websocket.accept()
@@ -86,7 +127,13 @@ def create() -> ASGIApp:
                 conn.execute(SCHEMA)
         yield
 
-    app = Starlette(routes=[Route("/write", write, methods=["POST"]), WebSocketRoute("/rpc", rpc)], lifespan=lifespan)
+    routes = [
+        Route("/write", write, methods=["POST"]),
+        Route("/write/{id:int}", read),
+        Route("/outcomes", outcomes),
+        WebSocketRoute("/rpc", rpc),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
     return app if forwarder is None else ForwarderMiddleware(app, forwarder=forwarder)
 
 

@@ -72,6 +72,15 @@ class Engine(ABC):
     async def commit_position(self) -> Txid:
         """On the primary: a txid that covers every commit finished before this call."""
 
+    async def promise_position(self) -> Txid:
+        """On the primary: like `commit_position()`, for a write no replica is waiting on right now.
+
+        The engine may answer at once with a txid that covers the commit but comes to exist a little
+        later (Litestream: up to two syncs later, `litestream_keeper`), rather than wait for one
+        that exists. Default: `commit_position()`.
+        """
+        return await self.commit_position()
+
     @property
     def restored(self) -> bool:
         """False while a replica's local copy is not usable yet (its first restore has not finished)."""

@@ -1,8 +1,10 @@
 """The Litestream engine: `litestream replicate` on the primary, a `restore -f` follower on each replica.
 
-Primary: `commit_position()` works out from local files which txid holds every commit so far
-(`litestream_position`); when it cannot, it asks Litestream to sync (`POST /sync`, wait=true),
-and concurrent callers share those syncs (group commit).
+Primary: `promise_position()` (direct writes) answers from local files alone, the newest L0 txid
+or `newest + 2`, whose existence the keeper sees to (`litestream_keeper`); `commit_position()`
+(writes a replica waits on) works out the first txid that holds every commit so far, waiting out
+a sync in progress (`litestream_position`). When the files cannot tell, both ask Litestream to
+sync (`POST /sync`, wait=true), and concurrent callers share those syncs (group commit).
 
 Replica: the follower writes its position to `<database>-txid` (`%016x\\n`, tmp file + rename)
 after the pages are on disk. The engine watches the database's directory with inotify and
@@ -17,21 +19,20 @@ Facts and pitfalls behind these choices: `shared/reference/replication-engines.m
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+import time
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
 
-from ..exceptions import EngineError, EngineUnavailable, InvalidTxid, PositionFormatError
+from ..exceptions import EngineError, InvalidTxid, PositionFormatError
 from ..txid import Txid
 from .base import Engine, PrimaryInfo, Role
-from .control_socket import ControlSocket, ControlSocketError
+from .control_socket import ControlSocket
 from .follower_guard import CHECK_INTERVAL, FollowerGuard
 from .litestream_config import litestream_binary, replicate_config
+from .litestream_keeper import TxidKeeper
 from .litestream_position import CoveringCheck
 
 if TYPE_CHECKING:
@@ -41,8 +42,14 @@ __all__ = ["LitestreamEngine", "litestream_binary", "replicate_config"]
 
 logger = logging.getLogger("forwarder.engines.litestream")
 
-SYNC_TIMEOUT = 5.0
-"""Seconds to wait for `POST /sync`; measured p95 is 7 ms on loopback, so 5 s means Litestream is stuck."""
+QUIET_GAP = 0.05
+"""Seconds since the previous `promise_position()` above which it asks sync-status once (see there).
+
+At 20 writes/s or fewer a control-socket round trip is cheap, and it spares a read with the cookie
+soon after a lone write a sync's wait: 23.6 against 33.0 ms p50 from local files alone
+(`bench/prompt_txid.py`). Asked for every write, it cost a third of the throughput at 8
+connections and 3-4 ms p50 at 1 on a loaded machine (`bench/primary_cost.py`, `forwarder, status`),
+where a round trip to another process waits for a core; hence a gap well above a busy client's."""
 
 POLL_INTERVAL = 0.001
 """Seconds between stat() calls of the `-txid` file when inotify is not available."""
@@ -80,6 +87,9 @@ class LitestreamEngine(Engine):
         self._queued: asyncio.Future[Txid] | None = None
         self._syncer: asyncio.Task[None] | None = None
         self.covering: CoveringCheck | None = CoveringCheck(self.database)  # None: always POST /sync
+        self.keeper = TxidKeeper(CoveringCheck(self.database))  # makes promise_position()'s answers exist
+        self.quiet_gap = QUIET_GAP
+        self._last_promise = 0.0
         # Replica: the one watcher task and what it needs.
         self._watcher: asyncio.Task[None] | None = None
         self._inotify: Inotify | None = None
@@ -138,7 +148,11 @@ class LitestreamEngine(Engine):
             self._guard.check()
 
     async def aclose(self) -> None:
-        """Stop the watcher or the syncer and close the socket client."""
+        """Stop the watcher, the syncer and the keeper, and close the socket client and the files."""
+        await self.keeper.aclose()
+        self.keeper.check.close()
+        if self.covering is not None:
+            self.covering.close()
         tasks = [task for task in (self._watcher, self._syncer, self._guard_task) if task is not None]
         for task in tasks:
             task.cancel()
@@ -162,19 +176,50 @@ class LitestreamEngine(Engine):
 
         Else group commit: one sync runs, one is queued; a caller joins the queued one (the running one may predate it).
         """
-        if self._role is not Role.PRIMARY:
-            raise EngineError(
-                "commit_position() is only available on the primary; this Litestream engine runs as a "
-                f"replica of {self.database} (its position comes from {self.txid_path.name})"
-            )
+        self._require_primary("commit_position()")
         if self.covering is not None and (txid := await self.covering.txid(self._request)) is not None:
             return self._advance({"txid": txid})
+        return await self._group_sync()
+
+    async def _group_sync(self) -> Txid:
         if self._queued is None:
             self._queued = asyncio.get_running_loop().create_future()
             if self._syncer is None:
                 self._syncer = asyncio.create_task(self._run_syncs(), name="litestream-sync")
         # shield: a cancelled caller must not cancel the sync others share.
         return await asyncio.shield(self._queued)
+
+    async def promise_position(self) -> Txid:
+        """A txid covering every commit finished before this call, without waiting on Litestream (primary only).
+
+        The newest L0 txid if it holds the WAL's end, else `newest + 2`, which the keeper makes exist
+        (`litestream_keeper`). On a quiet primary (no call for `quiet_gap` s) one sync-status first,
+        so that a lone write gets `newest + 1` when no sync runs. When the files cannot tell (the WAL
+        just restarted, over `MAX_PENDING_WAL` not synced yet) or the keeper cannot write: `POST /sync`,
+        shared by every caller in that window, not `commit_position()`'s polling of sync-status
+        (under load that polling cost the event loop more than the rare forced sync).
+        """
+        self._require_primary("promise_position()")
+        now = time.monotonic()
+        quiet, self._last_promise = now - self._last_promise > self.quiet_gap, now
+        covering = self.covering
+        if covering is not None and self.keeper.failed is None:
+            answer = await covering.promise_after_status(self._request) if quiet else covering.promise()
+        else:
+            answer = None
+        if answer is not None:
+            txid, promised = answer
+            if promised:
+                self.keeper.promise(txid)
+            return self._advance({"txid": txid})
+        return await self._group_sync()
+
+    def _require_primary(self, what: str) -> None:
+        if self._role is not Role.PRIMARY:
+            raise EngineError(
+                f"{what} is only available on the primary; this Litestream engine runs as a "
+                f"replica of {self.database} (its position comes from {self.txid_path.name})"
+            )
 
     async def read_position(self) -> Txid:
         """On the primary: Litestream's current txid (`GET /txid`), which may not cover the latest commit."""
@@ -223,40 +268,7 @@ class LitestreamEngine(Engine):
     ) -> dict[str, Any]:
         if self._client is None:
             self._client = ControlSocket(self.socket_path)
-        target = path + ("?" + urlencode(params) if params else "")
-        body = None if payload is None else json.dumps(payload).encode()
-        with self._map_errors():
-            async with asyncio.timeout(SYNC_TIMEOUT):
-                status, raw = await self._client.request(method, target, body)
-        text = raw.decode("utf-8", errors="replace")
-        if status != 200:
-            raise EngineError(
-                f"Litestream answered {method} {path} with {status} {text.strip()!r}; "
-                f"check that its config replicates {self.database} (`dbs: - path:` must be this absolute path)"
-            )
-        try:
-            reply = json.loads(raw)
-        except ValueError:
-            raise PositionFormatError(f"Litestream's reply to {method} {path} is not JSON: {text[:200]!r}") from None
-        if not isinstance(reply, dict):
-            raise PositionFormatError(f"Litestream's reply to {method} {path} is not a JSON object: {reply!r}")
-        return reply
-
-    @contextmanager
-    def _map_errors(self) -> Iterator[None]:
-        # The one place where control-socket errors become forwarder errors.
-        try:
-            yield
-        except TimeoutError as exc:
-            raise EngineUnavailable(
-                f"Litestream's control socket {self.socket_path} did not answer within {SYNC_TIMEOUT:g}s "
-                f"({type(exc).__name__}); check that `litestream replicate` is healthy (see its log)"
-            ) from exc
-        except (OSError, asyncio.IncompleteReadError, ControlSocketError) as exc:
-            raise EngineUnavailable(
-                f"cannot reach Litestream's control socket {self.socket_path} ({exc}): "
-                "is `litestream replicate` running with `socket: enabled: true`?"
-            ) from exc
+        return await self._client.json(method, path, params=params, payload=payload, database=self.database)
 
     # -- replica ------------------------------------------------------------------------------
 

@@ -5,17 +5,44 @@ an LTX file right now: 3-8 ms, most of a direct write's latency. Litestream's ow
 same every `monitor-interval` (10 ms in the dev cluster) anyway, so the primary can instead work
 out which txid *will* hold its commit and answer at once; the replica's wait covers the rest.
 
-Three local facts decide it, read in this order after the commit:
+Two local facts, read in this order after the commit, decide most answers:
 
 1. the WAL's committed end: SQLite's wal-index header (`<db>-shm`: salts and `mxFrame`), so
    `end = 32 + mxFrame * (page size + 24)` covers every commit finished so far, ours included;
-2. the newest local L0 LTX file (`.<db>-litestream/ltx/0/<min>-<max>.ltx`): its header says
-   which WAL (salts) and which byte range of it the txid holds;
-3. if that file does not reach `end`: `GET /debug/sync-status` on the control socket. When no
-   sync is active at that moment, the next sync to finish starts after it, so after our commit,
-   and reads the WAL to its end: txid `newest + 1` holds the commit, and it will exist because
-   the WAL holds frames no LTX holds yet. Step 2 is then read again (a sync that finished
-   between the two reads started after our commit).
+2. the newest local L0 LTX file (`.<db>-litestream/ltx/0/<min>-<max>.ltx`, say txid N): its
+   header says which WAL (salts) and which byte range of it N holds. If that reaches `end`, the
+   answer is N, which exists.
+
+Both are read on the event loop, for every write, so with few system calls: the wal-index is kept
+open (`ShmFile`: a `stat`, then a `pread`), and the newest LTX is found by name from the last one
+seen (two `stat` calls) and its header read once per txid.
+
+Otherwise the commit is in frames no LTX held when we looked, and there are two answers:
+
+- **prompt** (`promise()`, for writes no replica is waiting on right now): `N + 2`, from the files
+  alone. It covers the commit: Litestream writes L0 txids one at a time, each from a WAL read
+  that starts after the previous txid's file is renamed (one executor semaphore), and reads
+  from where the previous txid ended to the WAL's end (a monitor sync up to 64 MiB; we claim
+  nothing past `MAX_PENDING_WAL`). N + 1 was not renamed when we looked, after our commit; so
+  either it holds the commit, or the read of N + 2 starts after our commit, at N + 1's end, which
+  is before our frames, and takes them (a snapshot, after a WAL restart, takes everything). It
+  exists if N + 1 did not hold the commit (the frames are still pending, the next sync takes them);
+  if N + 1 did and nothing is written after, Litestream has nothing more to sync, and the keeper
+  (`litestream_keeper`) writes one row so that it does.
+- **exact** (`txid()`, for writes a replica waits on right now: proxied writes, RPC):
+  `GET /debug/sync-status` on the control socket. When no sync is active at that moment, the
+  next sync to finish starts after it, so after our commit, and reads the WAL to its end: txid
+  `N + 1` holds the commit, and it will exist because the WAL holds frames no LTX holds yet
+  (step 2 is read again: a sync that finished between the two reads started after our commit).
+  While a sync is active, it asks again every `ACTIVE_POLL_INTERVAL`: that sync may have read
+  the WAL before our commit. This gets the replica the first txid that holds the write, one sync
+  sooner than `N + 2` when N + 1 holds it, at the price of waiting out the active sync: 3-8 ms
+  idle, over 20 ms loaded, during which concurrent writers queue (most of the primary's cost
+  before the prompt answer: `bench/primary_cost.py`, `bench/prompt_txid.py`).
+
+`promise_after_status()`, what a quiet primary uses for its prompt answer, asks sync-status once
+without waiting: `N + 1` if no sync is active, else `N + 2`; so a read with the cookie soon after a
+lone write waits for the first txid that holds it (and the keeper has nothing to write).
 
 It does not also ask Litestream to sync at once (a background `POST /sync`, wait=false), though
 that would get the txid to a waiting replica up to a monitor interval sooner: measured on the
@@ -23,10 +50,12 @@ primary, it cut direct-write throughput to that of `POST /sync` per write (83/24
 250/422/578 writes/s at 1/8/32 connections, `bench/primary_cost.py`-style A/B, load average 10),
 because back-to-back syncs keep a sync active, and callers then wait it out.
 
-Anything unexpected (WAL restarted, salts differ, a sync in progress, an unknown header, more than
-`MAX_PENDING_WAL` bytes not yet synced, which a size-limited sync might split) answers None, and
-the caller falls back to `POST /sync`. Litestream source checked: v0.5.16 `db.go` (every sync and
-checkpoint runs between `beginSyncDiag` and `finishSyncDiag`, under the one executor semaphore).
+Anything unexpected (WAL restarted, salts differ, a sync staying active, an unknown header, more
+than `MAX_PENDING_WAL` bytes not yet synced, which a size-limited sync might split) answers None,
+and the caller falls back to `POST /sync`. Litestream source checked: v0.5.16 `db.go` (`sync`:
+the WAL read in `pageMap`, then the `.tmp` file renamed; every sync and checkpoint runs between
+`beginSyncDiag` and `finishSyncDiag`, under the one executor semaphore; a checkpoint syncs the WAL
+before it and snapshots after a restart).
 """
 
 from __future__ import annotations
@@ -44,7 +73,7 @@ from typing import Any
 
 from ..exceptions import EngineError
 
-__all__ = ["CoveringCheck", "LtxHead", "WalEnd", "latest_l0", "wal_end"]
+__all__ = ["CoveringCheck", "LtxHead", "ShmFile", "WalEnd", "latest_l0", "wal_end"]
 
 WAL_HEADER_SIZE = 32
 FRAME_HEADER_SIZE = 24
@@ -80,15 +109,43 @@ class LtxHead:
     end: int
 
 
-def wal_end(database: Path) -> WalEnd | None:
+class ShmFile:
+    """`<database>-shm`, kept open: `stat` then `pread`, two system calls, instead of open, read, close.
+
+    The file is reopened whenever the path names another file (SQLite deletes it when the last
+    connection closes, and the next one creates it again). The stat follows the commit, so the
+    file it names held the commit's wal-index, or a newer one (whose WAL then has other salts).
+    """
+
+    def __init__(self, database: Path) -> None:
+        self.path = f"{database}-shm"
+        self._fd: int | None = None
+        self._identity = (0, 0)
+
+    def read(self, size: int) -> bytes:
+        st = os.stat(self.path)
+        if self._fd is None or (st.st_dev, st.st_ino) != self._identity:
+            self.close()
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            opened = os.fstat(self._fd)
+            self._identity = (opened.st_dev, opened.st_ino)
+        return os.pread(self._fd, size, 0)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def wal_end(database: Path, shm: ShmFile | None = None) -> WalEnd | None:
     """The committed end of `database`'s WAL from the wal-index header; None if it cannot be trusted.
 
     SQLite writes the header twice and readers accept it only when both copies match (a writer may
     be half-way through updating it); a mismatch or an uninitialised index is "don't know".
     """
     try:
-        with open(f"{database}-shm", "rb") as f:
-            raw = f.read(2 * _SHM_HEADER.size)
+        size = 2 * _SHM_HEADER.size
+        raw = shm.read(size) if shm is not None else _read(f"{database}-shm", size)
     except OSError:
         return None
     if len(raw) < 2 * _SHM_HEADER.size or raw[: _SHM_HEADER.size] != raw[_SHM_HEADER.size :]:
@@ -100,25 +157,34 @@ def wal_end(database: Path) -> WalEnd | None:
     return WalEnd(salts, WAL_HEADER_SIZE + max_frame * (page_size + FRAME_HEADER_SIZE))
 
 
-def _l0_name(txid: int) -> str:
-    return f"{txid:016x}-{txid:016x}.ltx"
+def _read(path: str, size: int) -> bytes:
+    # os-level, not open(): on the event loop each system call lets the app's database threads take
+    # the GIL, and the buffered open() makes four or five of them (open, fstat, ioctl, read, close).
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
 
 
-def latest_l0(ltx_dir: Path, hint: int = 0) -> LtxHead | None:
+def latest_l0(ltx_dir: Path, hint: int = 0, known: LtxHead | None = None) -> LtxHead | None:
     """The newest L0 LTX file in Litestream's local directory, read from its header; None if unreadable.
 
     With L0 retention of 15 s and a sync every 10 ms the directory holds up to 1,500 files, and
     listing it cost about 1 ms; so when the file of `hint` (the newest txid seen last time) is still
-    there, the files after it are probed by name (`<txid>-<txid>.ltx`, one per sync) instead.
+    there, the files after it are probed by name (`<txid>-<txid>.ltx`, one per sync) instead. A
+    `known` head of the newest file is returned as it is (an LTX file never changes once renamed
+    into place): two `stat` calls when nothing new was synced.
     """
     newest = _probe(ltx_dir, hint) if hint else None
+    if newest is not None and known is not None and known.txid == newest[0]:
+        return known
     try:
         if newest is None:
             newest = _list(ltx_dir)
         if newest is None:
             return None
-        with open(os.path.join(ltx_dir, newest[1]), "rb") as f:
-            raw = f.read(_LTX_HEADER.size)
+        raw = _read(os.path.join(ltx_dir, newest[1]), _LTX_HEADER.size)
     except OSError:
         return None  # a file removed by L0 retention between listing and opening: ask again later
     if len(raw) < _LTX_HEADER.size:
@@ -166,6 +232,8 @@ class CoveringCheck:
         self._reply: dict[str, Any] = {}
         self._in_flight: asyncio.Future[None] | None = None
         self._hint = 0  # the newest L0 txid seen: where the next look starts
+        self._head: LtxHead | None = None  # its header
+        self._shm = ShmFile(database)
         self.outcomes: Counter[str] = Counter()  # how each call was answered (benchmarks, debugging)
 
     async def txid(self, request: Callable[..., Awaitable[dict[str, Any]]]) -> int | None:
@@ -177,10 +245,10 @@ class CoveringCheck:
         if found is None:
             self.outcomes["no trusted WAL end or LTX"] += 1
             return None
-        end, txid = found
-        if txid is not None:
+        end, head = found
+        if head.end >= end.end:
             self.outcomes["in the newest LTX"] += 1
-            return txid
+            return head.txid
         deadline = time.monotonic() + ACTIVE_WAIT
         for attempt in itertools.count():
             if attempt:
@@ -198,6 +266,27 @@ class CoveringCheck:
                 return txid
         self.outcomes[_ACTIVE] += 1
         return None
+
+    async def promise_after_status(self, request: Callable[..., Awaitable[dict[str, Any]]]) -> tuple[int, bool] | None:
+        """Like `promise()`, with one `GET /debug/sync-status` and no waiting when the newest does not hold the end.
+
+        No sync active: `newest + 1`, which exists soon without the keeper (our frames are in no LTX
+        yet); a sync active (or a status that does not say): `promise()` again, so `newest + 2`.
+        """
+        found = self.covered()
+        if found is None or found[1].end >= found[0].end:
+            return self.promise()
+        end = found[0]
+        try:
+            status = await self._status(request)
+        except EngineError:
+            self.outcomes["sync-status failed"] += 1
+            return None
+        txid, outcome = self.after_status(end, status)
+        if outcome == _ACTIVE:
+            return self.promise()
+        self.outcomes[outcome] += 1
+        return None if txid is None else (txid, False)
 
     async def _status(self, request: Callable[..., Awaitable[dict[str, Any]]]) -> dict[str, Any]:
         """`GET /debug/sync-status`, shared by concurrent callers.
@@ -222,23 +311,53 @@ class CoveringCheck:
                 done.set_result(None)
         return self._reply
 
-    def covered(self) -> tuple[WalEnd, int | None] | None:
-        """Steps 1 and 2: the WAL end, and the newest txid if it already holds it (else None).
+    def state(self) -> tuple[WalEnd | None, LtxHead | None]:
+        """The WAL's committed end and the newest L0 LTX, read in that order (either None if not trusted).
 
-        None overall when the WAL end or the newest file cannot be trusted.
+        In that order because a commit finished before the call is then in the end read, and an LTX
+        that a sync finishes in between only makes the head newer (safe for every use here).
         """
-        end = wal_end(self.database)
-        if end is None:
+        end = wal_end(self.database, self._shm)
+        return end, self._newest()
+
+    def close(self) -> None:
+        """Close the wal-index file kept open (the next look opens it again)."""
+        self._shm.close()
+
+    def covered(self) -> tuple[WalEnd, LtxHead] | None:
+        """Steps 1 and 2: the WAL end and the newest LTX (it holds the end if `head.end >= end.end`).
+
+        None when the WAL end or the newest file cannot be trusted, or they are of different WALs.
+        """
+        end, head = self.state()
+        if end is None or head is None or head.salts != end.salts:
             return None
-        head = self._newest()
-        if head is None or head.salts != end.salts:
+        return end, head
+
+    def promise(self) -> tuple[int, bool] | None:
+        """The prompt answer, from local files only: (txid, whether it is a promise), or None.
+
+        The newest txid if it holds the WAL end (not a promise: it exists); else `newest + 2`, which
+        holds the commit but may exist only once the keeper has made it (`TxidKeeper`).
+        """
+        found = self.covered()
+        if found is None:
+            self.outcomes["no trusted WAL end or LTX"] += 1
             return None
-        return end, head.txid if head.end >= end.end else None
+        end, head = found
+        if head.end >= end.end:
+            self.outcomes["in the newest LTX"] += 1
+            return head.txid, False
+        if end.end - head.end > MAX_PENDING_WAL:
+            self.outcomes["too much WAL pending"] += 1
+            return None
+        self.outcomes["newest + 2"] += 1
+        return head.txid + 2, True
 
     def _newest(self) -> LtxHead | None:
-        head = latest_l0(self.ltx_dir, self._hint)
+        head = latest_l0(self.ltx_dir, self._hint, self._head)
         if head is not None:
-            self._hint = head.txid
+            self._hint, self._head = head.txid, head
         return head
 
     def after_status(self, end: WalEnd, status: dict[str, Any]) -> tuple[int | None, str]:

@@ -121,7 +121,8 @@ class ForwarderMiddleware:
                 headers.append("forwarder-node", forwarder.topology.node_id)
                 app_done = time.perf_counter()
                 try:
-                    txid = await forwarder.commit_position()
+                    # A replica that proxied the write waits for this txid now; anyone else reads later.
+                    txid = await forwarder.commit_position(prompt=header(scope, h.FORWARDED_BY) is None)
                 except Exception:
                     # The write is committed; failing the response now would make the client think
                     # it was not. Tell replicas there is nothing to wait for instead.

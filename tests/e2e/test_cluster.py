@@ -13,7 +13,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from forwarder.dev import Cluster
+from forwarder.engines.control_socket import ControlSocket
 from forwarder.rpc.signing import sign
+from forwarder.txid import Txid
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -75,6 +77,55 @@ async def test_eight_concurrent_writers_each_read_their_own_write_on_a_replica(c
             for k in range(8):
                 tasks.start_soon(writer, k)
     assert misses == []
+
+
+async def test_a_lone_direct_write_that_only_the_keeper_makes_a_txid_for_is_read_back_on_a_replica(
+    cluster: Cluster,
+) -> None:
+    # The primary answers a direct write that its newest LTX does not hold with `newest + 2`. The
+    # write here races a sync of the write before it (posted while that sync is active), and then
+    # a forced sync takes whatever is left; no other write follows. When that leaves the answered
+    # txid unmade (the sync that took the write had txid `newest + 1`), only the keeper's write can
+    # make it: the replica must still serve the read with the cookie itself, with the row, promptly.
+    database = cluster.replicator.database
+    control = ControlSocket(cluster.replicator.socket_path)
+    replica = cluster.replicas[0]
+    kept: list[float] = []
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            with anyio.fail_after(120):
+                for i in range(40):
+                    await anyio.sleep(0.05)  # the previous round's syncs and keeper settle
+                    client.cookies.clear()
+                    first = await client.post(f"{cluster.primary.url}/api/messages", json={"author": "k", "text": "a"})
+                    assert first.status_code == 201, first.text
+                    for _ in range(50):  # until the sync of that write runs (bounded; else race it anyway)
+                        status = await control.json("GET", "/debug/sync-status", database=database)
+                        if status["databases"][0].get("active"):
+                            break
+                        await anyio.sleep(0.0002)
+                    response = await client.post(
+                        f"{cluster.primary.url}/api/messages", json={"author": "k", "text": "b"}
+                    )
+                    assert response.status_code == 201, response.text
+                    txid = Txid.parse(response.headers["forwarder-txid"])
+                    synced = await control.json(
+                        "POST", "/sync", payload={"path": str(database), "wait": True}, database=database
+                    )
+                    if synced["txid"] >= txid:
+                        continue  # the txid exists without the keeper (the write was in frames still pending)
+                    started = time.monotonic()
+                    read = await client.get(f"{replica.url}/api/messages")  # with the cookie the write set
+                    kept.append(time.monotonic() - started)
+                    assert read.status_code == 200, read.text
+                    assert read.headers["forwarder-node"] == replica.id  # not forwarded on lag
+                    assert response.json()["id"] in [m["id"] for m in read.json()["messages"]], i
+                    if len(kept) == 5:
+                        break
+    finally:
+        await control.aclose()
+    assert kept, "no round left the answered txid to the keeper"
+    assert max(kept) < 2.0, kept  # the replication timeout is 5 s: the txid was made, not waited out
 
 
 async def reply_to_post(socket: ClientConnection) -> dict[str, Any]:

@@ -141,6 +141,55 @@ async def test_concurrent_commit_positions_cover_each_callers_own_write(tmp_path
                     assert count_rows(restored, n) == 1, f"row {n} is not in txid {txid}, which its caller got"
 
 
+async def test_concurrent_prompt_positions_cover_each_callers_own_write_and_come_to_exist(
+    tmp_path: Path, replicator: Replicator
+) -> None:
+    # The prompt answer (`newest + 2` from local files, as under load): no sync-status, no wait.
+    engine = LitestreamEngine(replicator.database, Role.PRIMARY, socket_path=replicator.socket_path)
+    engine.quiet_gap = float("inf")
+    got: dict[int, Txid] = {}
+
+    async def write_then_promise_position(db: sqlite3.Connection, n: int) -> None:
+        await anyio.sleep(random.uniform(0, 0.1))  # commits land anywhere relative to the 10 ms monitor
+        db.execute("INSERT INTO items (n) VALUES (?)", (n,))
+        db.commit()
+        got[n] = await engine.promise_position()
+
+    with anyio.fail_after(60):
+        async with engine:
+            with closing(sqlite3.connect(replicator.database)) as db:
+                async with anyio.create_task_group() as tg:
+                    for n in range(60):
+                        tg.start_soon(write_then_promise_position, db, n)
+            while engine.keeper.running:  # the last promises, kept with no write after them
+                await anyio.sleep(0.01)
+            newest = max(got.values())
+            while await replicator.txid() < newest:
+                await anyio.sleep(0.01)
+        assert len(got) == 60
+        # Strict check: restoring exactly up to the txid a caller got holds that caller's row, and the txid exists.
+        # (With `newest + 1` instead, a commit the running sync had not read misses here in most runs.)
+        for txid in sorted(set(got.values())):
+            restored = tmp_path / f"prompt-{txid}.db"
+            process = await asyncio.create_subprocess_exec(
+                litestream_binary(),
+                "restore",
+                "-txid",
+                str(txid),
+                "-o",
+                str(restored),
+                replicator.store.url(),
+                env=litestream_environ(replicator.store),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            output, _ = await process.communicate()
+            assert process.returncode == 0, output.decode()
+            for n, txid_of_n in got.items():
+                if txid_of_n == txid:
+                    assert count_rows(restored, n) == 1, f"row {n} is not in txid {txid}, which its caller got"
+
+
 async def test_a_caller_never_joins_a_sync_that_started_before_it(tmp_path: Path) -> None:
     """Against a fake control socket that answers each /sync with the number of commits made before it arrived."""
     commits = 0

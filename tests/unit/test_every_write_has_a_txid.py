@@ -159,3 +159,42 @@ async def test_a_primary_without_the_secret_says_so_when_signed_requests_arrive(
         with caplog.at_level("WARNING", logger="forwarder.middleware"):
             await call(app, http_scope("GET", "/r", signed))
     assert "has no FORWARDER_SECRET" in caplog.text
+
+
+async def test_a_write_a_replica_waits_on_gets_the_exact_txid_any_other_the_prompt_one() -> None:
+    ref: list[Nodes] = []
+
+    async def write(request: Request) -> Response:
+        ref[0].log.commit()
+        return PlainTextResponse("ok", status_code=201)
+
+    asked: list[str] = []
+    async with two_nodes(lambda: Starlette(routes=[Route("/w", write, methods=["POST"])])) as nodes:
+        ref.append(nodes)
+        engine = nodes.primary.engine
+        exact = engine.commit_position
+
+        async def commit_position() -> Txid:
+            asked.append("exact")
+            return await exact()
+
+        async def promise_position() -> Txid:
+            asked.append("prompt")
+            return await exact()  # (the memory engine's own promise_position asks commit_position)
+
+        engine.commit_position = commit_position  # type: ignore[method-assign]
+        engine.promise_position = promise_position  # type: ignore[method-assign]
+        secret = nodes.primary.node_secret
+        assert secret is not None
+        sealed = seal_replay(secret, b"instance=node-p;state=method", "POST", "/w").split(b";state=")[1]
+        replayed = (b"fly-replay-src", b"instance=node-r;region=ams;t=1;state=" + sealed)
+        with anyio.fail_after(5):
+            direct = await call(nodes.primary_app, http_scope("POST", "/w"))
+            assert asked == ["prompt"]  # made on the primary: its cookie is read later, if ever
+            await call(nodes.primary_app, http_scope("POST", "/w", [replayed]))
+            assert asked == ["prompt", "prompt"]  # replayed by the Fly proxy: the replica did not wait
+            nodes.log.auto_apply = True
+            proxied = await call(nodes.replica_app, http_scope("POST", "/w"))
+            assert asked == ["prompt", "prompt", "exact"]  # the replica holds the response until it has it
+    assert headers_of(direct)["forwarder-txid"] == ["0000000000000001"]
+    assert headers_of(proxied)["forwarder-forwarded"] == ["proxy"] and status_of(proxied) == 201

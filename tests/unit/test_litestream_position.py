@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from forwarder.engines.litestream_position import MAX_PENDING_WAL, CoveringCheck, latest_l0, wal_end
+from forwarder.engines.litestream_position import MAX_PENDING_WAL, CoveringCheck, ShmFile, latest_l0, wal_end
 
 pytestmark = pytest.mark.anyio
 
@@ -44,6 +44,25 @@ def test_wal_end_is_the_committed_end_of_the_wal_file(db: Any) -> None:
     assert second.salts == Path(f"{path}-wal").read_bytes()[16:24]
 
 
+def test_the_wal_index_kept_open_follows_the_file_when_sqlite_makes_a_new_one(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    shm = ShmFile(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE t (v)")
+    assert wal_end(path, shm) == wal_end(path) is not None
+    conn.close()  # the last connection: SQLite checkpoints and deletes the WAL and its index
+    assert not Path(f"{path}-shm").exists() and wal_end(path, shm) is None
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("INSERT INTO t VALUES (1)")  # a new WAL, a new index file
+    try:
+        fresh = wal_end(path)
+        assert fresh is not None and wal_end(path, shm) == fresh
+    finally:
+        conn.close()
+        shm.close()
+
+
 def test_wal_end_is_unknown_without_a_wal_index_or_with_torn_copies(tmp_path: Path, db: Any) -> None:
     assert wal_end(tmp_path / "missing.db") is None
     path, _ = db
@@ -64,7 +83,13 @@ def test_latest_l0_reads_the_newest_file_and_probes_forward_from_a_hint(tmp_path
     write_ltx(ltx, 6, b"saltsalt", 32, 700)
     assert (h := latest_l0(ltx, hint=4)) is not None and h.txid == 6  # probed 5, 6, then 7 is absent
     assert (h := latest_l0(ltx, hint=2)) is not None and h.txid == 6  # hint's file gone: listed instead
+    known = latest_l0(ltx, hint=6)
+    (ltx / "0000000000000006-0000000000000006.ltx").write_bytes(b"not read again")
+    assert latest_l0(ltx, hint=6, known=known) is known  # the newest is unchanged: its header is not re-read
+    assert latest_l0(ltx, hint=6) is None  # (read, it is garbage)
+    write_ltx(ltx, 6, b"saltsalt", 32, 700)
     write_ltx(ltx, 7, b"saltsalt", 0, 0)  # a snapshot, not a WAL range: not trusted
+    assert latest_l0(ltx, hint=6, known=known) is None  # a newer file: read
     assert latest_l0(ltx) is None
     write_ltx(ltx, 8, b"saltsalt", 32, 10, magic=b"XXXX")
     assert latest_l0(ltx) is None
@@ -81,11 +106,11 @@ async def test_the_txid_is_the_newest_if_it_holds_the_wal_end_else_the_next_when
     assert end is not None
     write_ltx(check.ltx_dir, 10, end.salts, 32, end.end - 32)
     found = check.covered()
-    assert found is not None and found[1] == 10  # already in txid 10, no status needed
+    assert found is not None and found[1].txid == 10 and found[1].end >= found[0].end  # in txid 10: no status
 
     conn.execute("INSERT INTO t VALUES (2)")  # committed, not in any LTX yet
     found = check.covered()
-    assert found is not None and found[1] is None
+    assert found is not None and found[1].end < found[0].end
     assert check.after_status(found[0], status(active=False)) == (11, "next txid")
     assert check.after_status(found[0], status(active=True))[0] is None  # it may have read the WAL before us
     assert check.after_status(found[0], {"databases": []})[0] is None
@@ -129,3 +154,33 @@ async def test_a_status_reply_to_a_request_sent_before_the_caller_arrived_is_not
     assert await first == {"n": 1}
     assert [await task for task in later] == [{"n": 2}] * 5  # one shared request, sent after they arrived
     assert sent == [1, 2]
+
+
+def test_the_prompt_answer_is_the_newest_if_it_holds_the_wal_end_else_newest_plus_two(db: Any) -> None:
+    path, conn = db
+    check = CoveringCheck(path)
+    end = wal_end(path)
+    assert end is not None
+    write_ltx(check.ltx_dir, 10, end.salts, 32, end.end - 32)
+    assert check.promise() == (10, False)  # exists already: nothing to keep
+
+    conn.execute("INSERT INTO t VALUES (2)")  # committed, in no LTX yet; a sync may be reading it right now
+    assert check.promise() == (12, True)  # 11 may or may not hold it; 12 does (and must be made to exist)
+
+    after = wal_end(path)
+    assert after is not None
+    write_ltx(check.ltx_dir, 11, end.salts, end.end, after.end - end.end)  # the sync that took it
+    assert check.promise() == (11, False)
+    assert check.outcomes == {"in the newest LTX": 2, "newest + 2": 1}
+
+
+def test_no_prompt_answer_for_another_wal_or_too_much_pending(db: Any) -> None:
+    path, conn = db
+    check = CoveringCheck(path)
+    end = wal_end(path)
+    assert end is not None
+    write_ltx(check.ltx_dir, 10, b"othersal", 32, end.end)  # another WAL (restarted since)
+    assert check.promise() is None
+    write_ltx(check.ltx_dir, 11, end.salts, 32, end.end - 32)
+    conn.execute("INSERT INTO t VALUES (?)", (bytes(MAX_PENDING_WAL + 1),))  # more than a sync may split
+    assert check.promise() is None

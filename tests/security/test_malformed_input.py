@@ -94,9 +94,13 @@ async def _relayed_websocket(url: str) -> anyio.abc.SocketStream:
     return stream
 
 
-async def _close_without_status(url: str) -> None:
-    """A close frame without a status code (masked, empty payload): the relay must not send 1005 on."""
+async def _close_without_status(url: str, primary_port: int = 0) -> set[str]:
+    """A close frame without a status code (masked, empty payload): the relay must not send 1005 on.
+
+    Returns the connections to `primary_port` that appeared while the websocket was open: the relay's."""
+    before = _connections_to(primary_port)
     stream = await _relayed_websocket(url)
+    relay = _connections_to(primary_port) - before
     await stream.send(b"\x88\x80\x00\x00\x00\x00")
     try:
         while await stream.receive():
@@ -104,33 +108,41 @@ async def _close_without_status(url: str) -> None:
     except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError):
         pass
     await stream.aclose()
+    return relay
 
 
-async def _reset(url: str) -> None:
-    """A reset mid-relay: the TCP connection dies without any close frame."""
+async def _reset(url: str, primary_port: int = 0) -> set[str]:
+    """A reset mid-relay: the TCP connection dies without any close frame (returns the relay's connections)."""
+    before = _connections_to(primary_port)
     stream = await _relayed_websocket(url)
+    relay = _connections_to(primary_port) - before
     raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     await stream.aclose()
+    return relay
 
 
 def _log_text(cluster: Cluster, node_id: str) -> str:
     return (cluster.logs_dir / f"{node_id}.log").read_text(errors="replace")
 
 
-def _connections_to(port: int) -> int:
-    """Established loopback TCP connections whose remote end is `port` (from /proc/net/tcp)."""
-    count = 0
+def _connections_to(port: int) -> set[str]:
+    """The local ends of established loopback TCP connections to `port` (from /proc/net/tcp)."""
+    local = set()
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         if fields[3] == "01" and int(fields[2].split(":")[1], 16) == port:
-            count += 1
-    return count
+            local.add(fields[1])
+    return local
 
 
-async def _relay_gone(port: int, baseline: int) -> None:
-    """Wait until the relay's own connection to the primary is closed again."""
-    while _connections_to(port) > baseline:
+async def _relay_gone(port: int, relay: set[str]) -> None:
+    """Wait until the relay's own connections to the primary are closed again.
+
+    Only those: the replica's keep-alive pool to the primary (its health and lag probes) opens and
+    expires connections of its own meanwhile."""
+    assert relay, "no new connection to the primary while the websocket was open: nothing was relayed"
+    while relay & _connections_to(port):
         await anyio.sleep(0.05)
 
 
@@ -154,12 +166,9 @@ async def test_the_edge_relay_survives_a_close_without_status_and_a_reset(
 async def test_the_websocket_relay_survives_a_close_without_status_and_a_reset(real_cluster: Cluster) -> None:
     replica = real_cluster.replicas[0]
     primary_port = address(real_cluster.primary.url)[1]
-    baseline = _connections_to(primary_port)  # the replica's keep-alive pool to the primary
     with anyio.fail_after(20):
-        await _close_without_status(replica.url)
-        await _relay_gone(primary_port, baseline)
-        await _reset(replica.url)
-        await _relay_gone(primary_port, baseline)
+        await _relay_gone(primary_port, await _close_without_status(replica.url, primary_port))
+        await _relay_gone(primary_port, await _reset(replica.url, primary_port))
     log = _log_text(real_cluster, replica.id)
     assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-3000:]
     async with httpx.AsyncClient() as client:

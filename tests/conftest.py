@@ -2,13 +2,16 @@ from __future__ import annotations
 
 import inspect
 import os
+import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
+from forwarder.dev.s3server import LocalS3Server
 from tests.litestream_guard import launch_problems
 
 
@@ -57,3 +60,18 @@ def litestream_launches(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[
     yield launches
     bad = [(argv, problems) for argv, problems in launches if problems]
     assert bad == [], f"Litestream started against the rule in tests/litestream_guard.py: {bad}"
+
+
+@pytest.fixture
+async def s3_server(tmp_path: Path) -> AsyncIterator[LocalS3Server]:
+    """moto's S3-compatible server on a free loopback port, answering HTTP before the test starts, always stopped
+    (resumed first, for a test that SIGSTOPs it)."""
+    server = LocalS3Server(log_path=tmp_path / "moto.log")
+    try:
+        with anyio.fail_after(30):
+            await server.start()
+        yield server
+    finally:
+        with anyio.CancelScope(shield=True), anyio.fail_after(30):
+            server.process.signal(signal.SIGCONT)
+            await server.stop()

@@ -37,40 +37,26 @@ AFTER = 6.0
 
 
 @pytest.fixture
-async def store_server(tmp_path: Path) -> AsyncIterator[LocalS3Server]:
-    """moto's S3 server on a free loopback port; always resumed and stopped."""
-    server = LocalS3Server(log_path=tmp_path / "moto.log")
-    try:
-        with anyio.fail_after(30):
-            await server.start()
-        yield server
-    finally:
-        with anyio.CancelScope(shield=True), anyio.fail_after(30):
-            server.process.signal(signal.SIGCONT)
-            await server.stop()
-
-
-@pytest.fixture
-async def s3_cluster(tmp_path: Path, store_server: LocalS3Server) -> AsyncIterator[Cluster]:
-    store = await store_server.store("forwarder-chaos", "chaos/app.db")
+async def s3_cluster(tmp_path: Path, s3_server: LocalS3Server) -> AsyncIterator[Cluster]:
+    store = await s3_server.store("forwarder-chaos", "chaos/app.db")
     async with running_cluster(
         app="tests.chaos.app:app", data_dir=tmp_path / "c", replicas=2, app_dir=ROOT, store=store
     ) as cluster:
         yield cluster
 
 
-async def test_the_object_store_unreachable_for_10_s(s3_cluster: Cluster, store_server: LocalS3Server) -> None:
+async def test_the_object_store_unreachable_for_10_s(s3_cluster: Cluster, s3_server: LocalS3Server) -> None:
     cluster, tally, done = s3_cluster, Tally(), asyncio.Event()
     with anyio.fail_after(150):
         load = asyncio.create_task(traffic(cluster, tally, total=100_000, concurrency=8, deadline=120, stop=done))
         while len(tally.acknowledged) < 20:  # traffic under way, writes going through the store
             await asyncio.sleep(0.05)
-        store_server.process.signal(signal.SIGSTOP)
+        s3_server.process.signal(signal.SIGSTOP)
         stopped_at = time.monotonic()
         try:
             await asyncio.sleep(STORE_DOWN)
         finally:
-            store_server.process.signal(signal.SIGCONT)
+            s3_server.process.signal(signal.SIGCONT)
         resumed_at = time.monotonic()
         await asyncio.sleep(AFTER)
         done.set()
@@ -86,7 +72,7 @@ async def test_the_object_store_unreachable_for_10_s(s3_cluster: Cluster, store_
             cluster,
             tally,
             answers={name: latencies(seconds) for name, seconds in phases.items()},
-            s3_requests=dict(store_server.request_counts("forwarder-chaos")),
+            s3_requests=dict(s3_server.request_counts("forwarder-chaos")),
         )
         metrics = await replica_metrics(cluster)
     assert phases["store down"]  # traffic kept being answered while the store was down

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -10,7 +9,6 @@ import httpx
 import pytest
 
 from forwarder.dev import Cluster
-from forwarder.dev.s3server import LocalS3Server
 
 
 @asynccontextmanager
@@ -40,16 +38,3 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Clu
     """The example app as one primary and two replicas."""
     async with running_cluster(app="example_app:app", data_dir=tmp_path_factory.mktemp("cluster"), replicas=2) as c:
         yield c
-
-
-@pytest.fixture
-async def s3_server(tmp_path: Path) -> AsyncIterator[LocalS3Server]:
-    """moto's S3-compatible server on a free loopback port, answering HTTP before the test starts, always stopped."""
-    server = LocalS3Server(log_path=tmp_path / "moto.log")
-    try:
-        with anyio.fail_after(30):
-            await server.start()
-        yield server
-    finally:
-        with anyio.CancelScope(shield=True), anyio.fail_after(30):
-            await server.stop()

@@ -241,14 +241,10 @@ class CoveringCheck:
 
         `request(method, path, params=...)` asks the control socket (`LitestreamEngine._request`).
         """
-        found = self.covered()
-        if found is None:
-            self.outcomes["no trusted WAL end or LTX"] += 1
-            return None
+        found = self._look()
+        if found is None or isinstance(found, int):
+            return found
         end, head = found
-        if head.end >= end.end:
-            self.outcomes["in the newest LTX"] += 1
-            return head.txid
         deadline = time.monotonic() + ACTIVE_WAIT
         for attempt in itertools.count():
             if attempt:
@@ -324,6 +320,19 @@ class CoveringCheck:
         """Close the wal-index file kept open (the next look opens it again)."""
         self._shm.close()
 
+    def _look(self) -> int | tuple[WalEnd, LtxHead] | None:
+        """What both answers start with: the newest txid when it holds the WAL end, else the WAL end
+        and the newest LTX to decide from, or None when the files cannot tell (each counted)."""
+        found = self.covered()
+        if found is None:
+            self.outcomes["no trusted WAL end or LTX"] += 1
+            return None
+        end, head = found
+        if head.end >= end.end:
+            self.outcomes["in the newest LTX"] += 1
+            return head.txid
+        return found
+
     def covered(self) -> tuple[WalEnd, LtxHead] | None:
         """Steps 1 and 2: the WAL end and the newest LTX (it holds the end if `head.end >= end.end`).
 
@@ -340,14 +349,10 @@ class CoveringCheck:
         The newest txid if it holds the WAL end (not a promise: it exists); else `newest + 2`, which
         holds the commit but may exist only once the keeper has made it (`TxidKeeper`).
         """
-        found = self.covered()
-        if found is None:
-            self.outcomes["no trusted WAL end or LTX"] += 1
-            return None
+        found = self._look()
+        if found is None or isinstance(found, int):
+            return None if found is None else (found, False)
         end, head = found
-        if head.end >= end.end:
-            self.outcomes["in the newest LTX"] += 1
-            return head.txid, False
         if end.end - head.end > MAX_PENDING_WAL:
             self.outcomes["too much WAL pending"] += 1
             return None

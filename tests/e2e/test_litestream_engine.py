@@ -70,6 +70,30 @@ def count_rows(database: Path, n: int) -> int:
         return int(row[0])
 
 
+async def assert_each_txid_holds_its_rows(replicator: Replicator, got: dict[int, Txid], directory: Path) -> None:
+    """Restore the store exactly up to each txid a caller got (`got`: row -> txid): that caller's row is there."""
+    directory.mkdir()
+    for txid in sorted(set(got.values())):
+        restored = directory / f"{txid}.db"
+        process = await asyncio.create_subprocess_exec(
+            litestream_binary(),
+            "restore",
+            "-txid",
+            str(txid),
+            "-o",
+            str(restored),
+            replicator.store.url(),
+            env=litestream_environ(replicator.store),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await process.communicate()
+        assert process.returncode == 0, output.decode()
+        for n, txid_of_n in got.items():
+            if txid_of_n == txid:
+                assert count_rows(restored, n) == 1, f"row {n} is not in txid {txid}, which its caller got"
+
+
 async def test_commit_position_is_reached_by_the_follower_and_the_row_is_visible(
     replicator: Replicator, follower: Follower
 ) -> None:
@@ -120,25 +144,7 @@ async def test_concurrent_commit_positions_cover_each_callers_own_write(tmp_path
         assert len(got) == 20
         assert engine.syncs < 20  # callers shared syncs
         # Strict check: restoring the replica exactly up to the txid a caller got holds that caller's row.
-        for txid in sorted(set(got.values())):
-            restored = tmp_path / f"at-{txid}.db"
-            process = await asyncio.create_subprocess_exec(
-                litestream_binary(),
-                "restore",
-                "-txid",
-                str(txid),
-                "-o",
-                str(restored),
-                replicator.store.url(),
-                env=litestream_environ(replicator.store),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-            output, _ = await process.communicate()
-            assert process.returncode == 0, output.decode()
-            for n, txid_of_n in got.items():
-                if txid_of_n == txid:
-                    assert count_rows(restored, n) == 1, f"row {n} is not in txid {txid}, which its caller got"
+        await assert_each_txid_holds_its_rows(replicator, got, tmp_path / "at")
 
 
 async def test_concurrent_prompt_positions_cover_each_callers_own_write_and_come_to_exist(
@@ -169,25 +175,7 @@ async def test_concurrent_prompt_positions_cover_each_callers_own_write_and_come
         assert len(got) == 60
         # Strict check: restoring exactly up to the txid a caller got holds that caller's row, and the txid exists.
         # (With `newest + 1` instead, a commit the running sync had not read misses here in most runs.)
-        for txid in sorted(set(got.values())):
-            restored = tmp_path / f"prompt-{txid}.db"
-            process = await asyncio.create_subprocess_exec(
-                litestream_binary(),
-                "restore",
-                "-txid",
-                str(txid),
-                "-o",
-                str(restored),
-                replicator.store.url(),
-                env=litestream_environ(replicator.store),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-            output, _ = await process.communicate()
-            assert process.returncode == 0, output.decode()
-            for n, txid_of_n in got.items():
-                if txid_of_n == txid:
-                    assert count_rows(restored, n) == 1, f"row {n} is not in txid {txid}, which its caller got"
+        await assert_each_txid_holds_its_rows(replicator, got, tmp_path / "prompt")
 
 
 async def test_a_caller_never_joins_a_sync_that_started_before_it(tmp_path: Path) -> None:

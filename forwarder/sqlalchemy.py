@@ -212,7 +212,9 @@ class _Binding:
         rule = self.rule()
         if record.info.pop(_FRESH, False):
             # Opened for this checkout: it has read nothing yet, so it has no snapshot to be stale.
-            self._count_replica_checkout(stamp, record)
+            if stamp.owner and stamp.role is Role.REPLICA and self.replica_pooling is ReplicaPooling.BUSY:
+                with self._replicas.lock:
+                    self._replicas.in_use += 1
             return
         if rule is None:
             if stamp.owner:
@@ -232,11 +234,6 @@ class _Binding:
             raise exc.DisconnectionError(
                 f"opened as {stamp.role.value} at txid {stamp.position}; now {rule.role.value}, position moved"
             )
-
-    def _count_replica_checkout(self, stamp: Stamp, record: ConnectionPoolEntry) -> None:
-        if stamp.owner and stamp.role is Role.REPLICA and self.replica_pooling is ReplicaPooling.BUSY:
-            with self._replicas.lock:
-                self._replicas.in_use += 1
 
     def _blocks_replication(self, record: ConnectionPoolEntry) -> bool:
         """Whether keeping this replica connection open now would hold the follower up (or read an old file)."""

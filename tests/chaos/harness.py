@@ -2,10 +2,10 @@
 
 How answers are counted (`Tally`): a 200 is a success; a `503` with `Retry-After` while the primary
 is down is the one allowed refusal, and its write must never be applied. A request that was in
-flight when its process was killed (sent before `Fault.at`) has an unknown outcome: `504` from a
-replica (the write reached the primary, no answer came back), `502` from the edge (as Fly's proxy
-answers when the node it delivered to dies mid-request), or a broken connection to the killed
-node itself. Such a write may or may not have run; it is counted apart, and must be applied at
+flight when its process was killed (sent before `Fault.at`, or within `STALE_GRACE` after) has
+an unknown outcome: `504` from a replica (the write reached the primary, no answer came back),
+`502` from the edge (as Fly's proxy answers when the node it delivered to dies mid-request),
+or a broken connection to the killed node itself. Such a write may or may not have run; it is counted apart, and must be applied at
 most once. Everything else, including any of those for a request sent after the kill, is an error.
 """
 
@@ -32,6 +32,10 @@ WRITES = 0.2
 """Share of requests that write (then read back): half forwarded `POST /items`, half `@primary_only` RPC."""
 
 
+STALE_GRACE = 0.1
+"""Seconds after a death in which a broken keep-alive connection to the dead node still counts as in flight."""
+
+
 @dataclass
 class Fault:
     """A killed process: when it was gone (monotonic), which URLs it served, whether the primary counts as down."""
@@ -49,8 +53,12 @@ class Fault:
         self.at = time.monotonic()
 
     def in_flight(self, sent: float) -> bool:
-        """Whether a request sent at `sent` may have been under way in the process when it died."""
-        return self.at is not None and sent < self.at
+        """Whether a request sent at `sent` may have been under way in the process when it died.
+
+        Up to `STALE_GRACE` after the death too: a replica may still send a forwarded call on a
+        keep-alive connection to the dead node before it has seen that connection close, and gets a
+        reset it cannot tell from a crash mid-request (seen once: an RPC sent 4 ms after the reap)."""
+        return self.at is not None and sent < self.at + STALE_GRACE
 
 
 @dataclass

@@ -5,8 +5,9 @@ is down is the one allowed refusal, and its write must never be applied. A reque
 flight when its process was killed (sent before `Fault.at`, or within `STALE_GRACE` after) has
 an unknown outcome: `504` from a replica (the write reached the primary, no answer came back),
 `502` from the edge (as Fly's proxy answers when the node it delivered to dies mid-request),
-or a broken connection to the killed node itself. Such a write may or may not have run; it is counted apart, and must be applied at
-most once. Everything else, including any of those for a request sent after the kill, is an error.
+or a broken connection to the killed node itself. Such a write may or may not have run; it is
+counted apart, and must be applied at most once. Everything else, including any of those for a
+request sent later, is an error.
 """
 
 from __future__ import annotations

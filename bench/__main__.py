@@ -63,7 +63,7 @@ def main() -> None:
     print("read path...", flush=True)
     results["read_path"] = read_path.run(2 if args.quick else 10, 1, 16, max_rounds=2 if args.quick else 20)
     print("SQLModel read...", flush=True)
-    results["sqlmodel_read"] = sqlmodel_read.run(2 if args.quick else 9, 2 if args.quick else 3, 16)
+    results["sqlmodel_read"] = sqlmodel_read.run(2 if args.quick else 8, 2, 16, max_rounds=2 if args.quick else 24)
     results.update(asyncio.run(cluster_benchmarks(args.quick)))
     print("commit position candidates...", flush=True)
     results["commit_position"] = commit_position.run(20 if args.quick else 150)
@@ -128,7 +128,7 @@ def render(results: dict[str, Any]) -> str:
             "**SQLModel read** (FastAPI + SQLModel app: replica through `forwarder.sqlalchemy` / the same app "
             "with SQLAlchemy's default pool on a single node, wrk, A/B alternating)",
             "",
-            table(sqlmodel_rows, sqlmodel_read.COLUMNS),
+            table(sqlmodel_rows, read_path.COLUMNS),
             "",
             "**Forwarded write** (write app on a real 3-node cluster, Litestream, loopback, ms)",
             "",

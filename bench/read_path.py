@@ -57,6 +57,44 @@ def spread(ratios: list[float], resamples: int = 2000) -> float:
     return (medians[int(0.975 * resamples) - 1] - medians[int(0.025 * resamples)]) / 2
 
 
+def paired_rounds(
+    urls: dict[str, str], path: str, rounds: int, max_rounds: int, seconds: float, connections: int
+) -> dict[str, Any]:
+    """Load `path` on the "bare" and the "forwarder" server at the same time, round after round (which
+    starts first alternating), at least `rounds` and until the spread is under `TARGET_SPREAD` (at most
+    `max_rounds`); one report row."""
+    samples: dict[str, list[float]] = {"bare": [], "forwarder": []}
+    for name in samples:
+        wrk(urls[name] + path, 1, connections)  # warm up
+    load = os.getloadavg()[0]
+    paired: list[float] = []
+    for i in range(max(rounds, max_rounds)):
+        if i >= rounds and spread(paired) < TARGET_SPREAD:
+            break
+        order = ["bare", "forwarder"] if i % 2 == 0 else ["forwarder", "bare"]
+        for name, rate in zip(
+            order, wrk_together([urls[name] + path for name in order], seconds, connections), strict=True
+        ):
+            samples[name].append(rate)
+        # A and B ran at the same time in this round: their ratio cancels the machine's drift.
+        paired.append(samples["forwarder"][-1] / samples["bare"][-1])
+    bare, ours = statistics.median(samples["bare"]), statistics.median(samples["forwarder"])
+    half_width = spread(paired)
+    paired.sort()
+    return {
+        "handler": path,
+        "bare req/s (median)": round(bare),
+        "forwarder req/s (median)": round(ours),
+        "ratio of medians": round(ours / bare, 3),
+        "paired ratio (median)": round(statistics.median(paired), 3),
+        "spread (95 % CI half-width)": round(half_width, 3),
+        "paired ratio (min-max)": f"{paired[0]:.2f}-{paired[-1]:.2f}",
+        "rounds": len(paired),
+        "load": round(load, 2),
+        "samples": samples,
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -122,39 +160,11 @@ def run(rounds: int, seconds: float, connections: int, max_rounds: int | None = 
         ports = {"bare": free_port(), "forwarder": free_port()}
         servers = {name: start_server(name == "forwarder", database, port) for name, port in ports.items()}
         try:
-            rows = []
-            for path in ("/rows", "/hello"):
-                samples: dict[str, list[float]] = {"bare": [], "forwarder": []}
-                for name in ports:
-                    wrk(f"http://127.0.0.1:{ports[name]}{path}", 1, connections)  # warm up
-                load = os.getloadavg()[0]
-                paired: list[float] = []
-                for i in range(max(rounds, max_rounds or rounds)):
-                    if i >= rounds and spread(paired) < TARGET_SPREAD:
-                        break
-                    order = ["bare", "forwarder"] if i % 2 == 0 else ["forwarder", "bare"]
-                    urls = [f"http://127.0.0.1:{ports[name]}{path}" for name in order]
-                    for name, rate in zip(order, wrk_together(urls, seconds, connections), strict=True):
-                        samples[name].append(rate)
-                    # A and B ran at the same time in this round: their ratio cancels the machine's drift.
-                    paired.append(samples["forwarder"][-1] / samples["bare"][-1])
-                bare, ours = statistics.median(samples["bare"]), statistics.median(samples["forwarder"])
-                half_width = spread(paired)
-                paired.sort()
-                rows.append(
-                    {
-                        "handler": path,
-                        "bare req/s (median)": round(bare),
-                        "forwarder req/s (median)": round(ours),
-                        "ratio of medians": round(ours / bare, 3),
-                        "paired ratio (median)": round(statistics.median(paired), 3),
-                        "spread (95 % CI half-width)": round(half_width, 3),
-                        "paired ratio (min-max)": f"{paired[0]:.2f}-{paired[-1]:.2f}",
-                        "rounds": len(paired),
-                        "load": round(load, 2),
-                        "samples": samples,
-                    }
-                )
+            urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+            rows = [
+                paired_rounds(urls, path, rounds, max_rounds or rounds, seconds, connections)
+                for path in ("/rows", "/hello")
+            ]
         finally:
             for process in servers.values():
                 os.killpg(process.pid, signal.SIGTERM)

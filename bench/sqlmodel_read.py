@@ -1,12 +1,14 @@
 """SQLModel read throughput: the app on a replica through `forwarder.sqlalchemy`, divided by the bare app.
 
 The same FastAPI + SQLModel app (bench/apps/sqlmodel_app.py) runs twice: as a forwarder replica
-(`forwarder.sqlalchemy.create_engine`: a fresh read-only connection per checkout, inside
+(`forwarder.sqlalchemy.create_engine`: read-only connections, pooled while busy, inside
 `ForwarderMiddleware`) and bare on a single node (SQLModel's `create_engine`, SQLAlchemy's default
-pool). `wrk` loads one at a time, A and B alternating per round; the ratio of medians and the
-median of the per-round ratios are reported. Target: >= 0.9.
+pool). Rounds as in bench/read_path.py: each round one `wrk` per server loads both at the same
+time (which starts first alternating), so each A/B pair sees the same moment of the shared
+machine, and rounds go on until the spread of the median paired ratio is under ±0.03. Target:
+>= 0.9.
 
-    .venv/bin/python -m bench.sqlmodel_read [--rounds 7 --seconds 3 --connections 16]
+    .venv/bin/python -m bench.sqlmodel_read [--rounds 8 --max-rounds 30 --seconds 2 --connections 16]
 """
 
 from __future__ import annotations
@@ -14,24 +16,15 @@ from __future__ import annotations
 import argparse
 import shutil
 import sqlite3
-import statistics
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench.read_path import wrk
+from bench.read_path import COLUMNS, paired_rounds
 from bench.servers import uvicorn_server
 from bench.stats import report
 
-COLUMNS = [
-    "handler",
-    "bare req/s (median)",
-    "forwarder req/s (median)",
-    "ratio of medians",
-    "paired ratio (median)",
-    "paired ratio (min-max)",
-]
 APP = "bench.apps.sqlmodel_app:app"
 
 
@@ -44,7 +37,7 @@ def make_database(path: Path) -> None:
     Path(f"{path}-txid").write_text(f"{1:016x}\n")  # what a follower leaves: the replica's position
 
 
-def run(rounds: int, seconds: float, connections: int) -> dict[str, Any]:
+def run(rounds: int, seconds: float, connections: int, max_rounds: int = 30) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise SystemExit("the SQLModel read benchmark needs wrk: apt-get install wrk")
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
@@ -56,35 +49,16 @@ def run(rounds: int, seconds: float, connections: int) -> dict[str, Any]:
             )
             for name, wrapped in (("bare", "0"), ("forwarder", "1"))
         }
-        rows = []
-        for path in ("/books/7", "/books/"):
-            samples: dict[str, list[float]] = {"bare": [], "forwarder": []}
-            for url in urls.values():
-                wrk(url + path, 1, connections)  # warm up
-            for i in range(rounds):
-                for name in ("bare", "forwarder") if i % 2 == 0 else ("forwarder", "bare"):
-                    samples[name].append(wrk(urls[name] + path, seconds, connections))
-            bare, ours = statistics.median(samples["bare"]), statistics.median(samples["forwarder"])
-            paired = sorted(b / a for a, b in zip(samples["bare"], samples["forwarder"], strict=True))
-            rows.append(
-                {
-                    "handler": path,
-                    "bare req/s (median)": round(bare),
-                    "forwarder req/s (median)": round(ours),
-                    "ratio of medians": round(ours / bare, 3),
-                    "paired ratio (median)": round(statistics.median(paired), 3),
-                    "paired ratio (min-max)": f"{paired[0]:.2f}-{paired[-1]:.2f}",
-                    "samples": samples,
-                }
-            )
+        rows = [paired_rounds(urls, path, rounds, max_rounds, seconds, connections) for path in ("/books/7", "/books/")]
     return {"rows": rows, "rounds": rounds, "seconds": seconds, "connections": connections}
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="SQLModel app read throughput: forwarder replica vs bare")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--seconds", type=float, default=3)
+    parser.add_argument("--rounds", type=int, default=8, help="at least this many A/B rounds")
+    parser.add_argument("--max-rounds", type=int, default=30, help="at most this many, until the spread is small")
+    parser.add_argument("--seconds", type=float, default=2)
     parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args()
-    result = run(args.rounds, args.seconds, args.connections)
+    result = run(args.rounds, args.seconds, args.connections, args.max_rounds)
     report("sqlmodel_read", result, result["rows"], COLUMNS)

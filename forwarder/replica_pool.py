@@ -4,10 +4,17 @@ A WAL-mode reader keeps SQLite's SHARED lock on the file for as long as it is op
 follower must wait for every such lock before it applies a batch (replication-engines.md, follower
 pitfall 2). While one is open the follower cannot write, so a pooled connection never reads an
 older file than a fresh one would; the danger is only that it stalls replication. So idle
-connections are kept for at most `LINGER` seconds after the engine was last used, and closed at
-once when the follower asks for the file (SQLite's PENDING byte, `forwarder.follower_lock`). A
-reaper thread, alive only while the pool may hold idle connections, closes them when no request
-comes to do it.
+connections are kept for at most `LINGER` seconds after the engine was last used, and closed as
+soon as the follower asks for the file (SQLite's PENDING byte, `forwarder.follower_lock`).
+
+A reaper thread, alive only while the pool may hold idle connections, looks at the file every
+`_TICK` seconds: whether the follower is waiting, and whether a re-restore put a new file in place.
+Checkouts and checkins read what it saw last, so a request's way through the pool makes no system
+call: each one lets another thread take the GIL, and on a small VM the handoff costs far more than
+the call (measured: a 1 µs `stat` took 165 µs with one other Python thread awake). Without a reaper
+(async engines) a checkout looks itself. A connection handed out in the tick after a re-restore
+still reads no older data than the tracker's position, which retires it once it moves
+(`forwarder.connections.AccessRule.may_reuse`).
 
 Closing goes through the pool's own `dispose()`, which takes idle connections out of the pool's
 queue before it closes them: a connection the pool is handing out at that moment is never touched.
@@ -20,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from .follower_lock import FileId, WriterProbe
+from .follower_lock import FileId, WriterProbe, file_id
 
 __all__ = ["LINGER", "IdlePool", "ReplicaIdle"]
 
@@ -28,8 +35,10 @@ LINGER = 0.01
 """Seconds idle replica connections are kept after the engine's last checkin: the dev cluster's
 follow interval, so a follower never waits longer for an idle pool than between two store polls."""
 
-_TICK = 0.002
-"""How often the reaper asks whether the follower is waiting, while connections may be idle."""
+_TICK = LINGER
+"""How often the reaper looks at the file, while connections may be idle. Every wake-up costs the
+app's threads a GIL handoff: at 2 ms the SQLModel app on a replica lost 10 % of its read throughput
+(bench/sqlmodel_read.py), and a waiting follower never needs an answer sooner than its own interval."""
 
 
 class IdlePool(Protocol):
@@ -53,15 +62,27 @@ class ReplicaIdle:
         self._last_checkin = 0.0
         self._reaper: threading.Thread | None = None
         self._use_reaper = reaper
+        self.file: FileId | None = None
+        """The file `path` named at the reaper's last look."""
+        self.wanted = False
+        """The follower was waiting for the file at the reaper's last look (idle connections are closed)."""
 
     def follower_waiting(self, identity: FileId | None = None) -> bool:
         """Whether the follower holds SQLite's PENDING byte of the current file (`identity`: its `file_id`)."""
         return bool(self.path) and self.probe.writer_waiting(self.path, identity)
 
+    def must_close(self, opened: FileId | None) -> bool:
+        """Whether a pooled connection opened on file `opened` may not be handed out again: the file
+        was replaced (a re-restore's new generation) or the follower is waiting for it. With a
+        reaper, as it saw at most `_TICK` ago; without one, looked at now."""
+        current, wanted = (self.file, self.wanted) if self._use_reaper else self._look()
+        return opened != current or wanted
+
     def kept(self) -> None:
         """A connection went back to the pool to be reused (with `lock` held): start the reaper."""
         self._last_checkin = time.monotonic()
         if self._use_reaper and self._reaper is None:
+            self.file, self.wanted = self._look()  # what the last reaper saw may be long out of date
             self._reaper = threading.Thread(target=self._reap, name="forwarder-replica-pool", daemon=True)
             self._reaper.start()
 
@@ -69,15 +90,22 @@ class ReplicaIdle:
         """Close every idle connection now; the pool opens new ones on demand."""
         self.pool().dispose()
 
+    def _look(self) -> tuple[FileId | None, bool]:
+        current = file_id(self.path)
+        return current, self.follower_waiting(current)
+
     def _reap(self) -> None:
         while True:
             time.sleep(_TICK)
+            seen = self._look()  # not under the lock: checkouts and checkins need it meanwhile
             with self.lock:
+                self.file, self.wanted = seen
                 quiet = self.in_use == 0 and time.monotonic() - self._last_checkin >= self.linger
-                if quiet or self.follower_waiting():
+                if quiet or self.wanted:
                     self.close_idle()
                 if self.in_use == 0 and self.pool().checkedin() == 0:
                     # Nothing can be idle until a checkin, and a checkin starts a new reaper (the
-                    # engine's own dispose() also ends up here).
-                    self._reaper = None
+                    # engine's own dispose() also ends up here). What it saw is void once it is gone:
+                    # the next one looks anew before anything is handed out again.
+                    self._reaper, self.wanted = None, False
                     return

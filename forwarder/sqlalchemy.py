@@ -237,11 +237,7 @@ class _Binding:
 
     def _blocks_replication(self, record: ConnectionPoolEntry) -> bool:
         """Whether keeping this replica connection open now would hold the follower up (or read an old file)."""
-        if not record.info.get(_POOLABLE, False):
-            return True
-        current = file_id(self._replicas.path)
-        # A new generation: the follower restored the file again and writes the new one.
-        return record.info.get(_FILE) != current or self._replicas.follower_waiting(current)
+        return not record.info.get(_POOLABLE, False) or self._replicas.must_close(record.info.get(_FILE))
 
     def _checkin(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         stamp: Stamp | None = record.info.get(_STAMP)
@@ -256,10 +252,10 @@ class _Binding:
             if dbapi_connection is None:
                 return  # invalidated while in use: nothing to keep
             rule = self.rule()
-            # The follower and the file's generation are checked at the next checkout, and by the
-            # reaper every few ms: not here, on every request's way out.
+            # The file's generation is checked at the next checkout: not here, on every request's way out.
             keep = (
                 (self._replicas.in_use > 0 or self._replicas.linger > 0)
+                and not self._replicas.wanted
                 and record.info.get(_POOLABLE, False)
                 and rule is not None
                 and rule.may_reuse(stamp)

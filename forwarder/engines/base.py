@@ -91,9 +91,10 @@ class Engine(ABC):
         """What is wrong with the local copy, with the fix, or None (e.g. the app wrote to a replica's file)."""
         return None
 
-    def local_writes(self) -> int:
+    def local_writes(self, *, look: bool = True) -> int:
         """How many writes not made by the engine the local replica file has seen (checked now, without
-        blocking). Engines whose file cannot be written by the app (LiteFS) always say 0."""
+        blocking; `look=False`: as of the last check, with no system call). Engines whose file cannot
+        be written by the app (LiteFS) always say 0."""
         return 0
 
     async def read_position(self) -> Txid:

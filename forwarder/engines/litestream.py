@@ -119,8 +119,8 @@ class LitestreamEngine(Engine):
     def problem(self) -> str | None:
         return None if self._role is Role.PRIMARY else self._guard.problem
 
-    def local_writes(self) -> int:
-        return 0 if self._role is Role.PRIMARY else self._guard.check()
+    def local_writes(self, *, look: bool = True) -> int:
+        return 0 if self._role is Role.PRIMARY else self._guard.check() if look else self._guard.writes
 
     async def start(self) -> None:
         """Primary: read the current txid if the socket is already up. Replica: start watching `-txid`."""

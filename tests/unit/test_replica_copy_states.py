@@ -41,7 +41,7 @@ class CopyEngine(MemoryEngine):
     def problem(self) -> str | None:
         return self.damaged
 
-    def local_writes(self) -> int:
+    def local_writes(self, *, look: bool = True) -> int:
         return self.writes
 
 

@@ -83,7 +83,9 @@ def test_a_waiting_follower_gets_the_file_at_once(tmp_path: Path) -> None:
     engine.dispose()
 
 
-def test_a_new_generation_of_the_file_is_never_read_through_an_old_connection(tmp_path: Path) -> None:
+def test_a_new_generation_of_the_file_retires_the_old_connections_within_a_tick(tmp_path: Path) -> None:
+    # The position did not move here: what a re-restore to the same txid does. (Once it moves, no
+    # old connection is handed out at all: the next test.)
     path = make_db(tmp_path / "app.db")
     engine = lingering(path, replica(), 60.0)
     with engine.connect() as conn:
@@ -94,9 +96,13 @@ def test_a_new_generation_of_the_file_is_never_read_through_an_old_connection(tm
         writer.execute("INSERT INTO t (v) VALUES ('second')")
     writer.close()
     restored.replace(path)  # what a re-restore's swap does to the path the URL names
-    with engine.connect() as conn:
-        assert conn.connection.dbapi_connection is not old
-        assert conn.execute(text("SELECT count(*) FROM t")).scalar_one() == 2
+
+    def reads_the_new_file() -> bool:
+        with engine.connect() as conn:
+            return bool(conn.execute(text("SELECT count(*) FROM t")).scalar_one() == 2)
+
+    assert eventually(reads_the_new_file, 1.0)
+    assert closed(old)
     engine.dispose()
 
 

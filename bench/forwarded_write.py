@@ -54,7 +54,7 @@ async def measure(cluster: Cluster, rounds: int) -> dict[str, list[float]]:
         )
     }
     replica = cluster.replicas[0]
-    bare = uvicorn_server("bench.apps.bare_proxy:app", {"BENCH_UPSTREAM": cluster.primary.url}, "/")
+    bare = uvicorn_server("bench.apps.bare_proxy:app", {"BENCH_UPSTREAM": cluster.primary.url}, "/", like_nodes=True)
     with bare as bare_url:
         async with httpx.AsyncClient(timeout=10) as client:
             socket: ClientConnection = await connect(replica.url.replace("http", "ws") + "/rpc")

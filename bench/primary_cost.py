@@ -1,7 +1,9 @@
 """What forwarder costs the primary: the same write app with and without it, at 1, 8 and 32 connections.
 
 Setups, all running for the whole benchmark (so each sees the same background load), each loaded
-in turn by one `wrk` thread of POSTs, the order rotating every round:
+in turn by one `wrk` thread of POSTs, the order rotating every round, all on the server stack the
+cluster's nodes run (`forwarder dev`: uvloop + h11; the baselines too, so the ratio is forwarder's
+and not the HTTP parser's):
 
 - `bare`: `bench/apps/write_app.py` without forwarder (`BENCH_BARE=1`) on its own database;
 - `litestream`: the same bare app, its database replicated by `litestream replicate` (the dev
@@ -83,7 +85,12 @@ async def measure(rounds: int, seconds: float, setups: tuple[str, ...] = SETUPS)
             bare_db = base / "bare" / "app.db"
             bare_db.parent.mkdir()
             urls["bare"] = stack.enter_context(
-                uvicorn_server("bench.apps.write_app:app", {"BENCH_BARE": "1", "BENCH_DATABASE": str(bare_db)}, "/")
+                uvicorn_server(
+                    "bench.apps.write_app:app",
+                    {"BENCH_BARE": "1", "BENCH_DATABASE": str(bare_db)},
+                    "/",
+                    like_nodes=True,
+                )
             )
             ls_base = base / "litestream"
             replicator = Replicator(
@@ -92,7 +99,9 @@ async def measure(rounds: int, seconds: float, setups: tuple[str, ...] = SETUPS)
             await replicator.start()
             stack.push_async_callback(replicator.stop)
             env = {"BENCH_BARE": "1", "BENCH_DATABASE": str(ls_base / "app.db")}
-            urls["litestream"] = stack.enter_context(uvicorn_server("bench.apps.write_app:app", env, "/"))
+            urls["litestream"] = stack.enter_context(
+                uvicorn_server("bench.apps.write_app:app", env, "/", like_nodes=True)
+            )
             follower = Follower(
                 "follower", ls_base / "follower" / "app.db", ls_base / "replica", log_path=base / "f.log"
             )

@@ -125,7 +125,9 @@ async def measure(cluster: Cluster, writes: int) -> dict[str, Any]:
     assert replica.pid is not None and cluster.primary.pid is not None
     await send_writes(replica.url, 50)  # warm up
     forwarded = await profiled({"replica": replica.pid, "primary": cluster.primary.pid}, replica.url, writes)
-    with uvicorn_server("bench.apps.bare_proxy:app", {"BENCH_UPSTREAM": cluster.primary.url}, "/") as bare_url:
+    with uvicorn_server(
+        "bench.apps.bare_proxy:app", {"BENCH_UPSTREAM": cluster.primary.url}, "/", like_nodes=True
+    ) as bare_url:
         await send_writes(bare_url, 50)
         port = int(bare_url.rsplit(":", 1)[1])
         bare_pid = _listening_pid(port)

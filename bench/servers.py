@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from forwarder.dev.processes import fast_server_options
+
 REPO = Path(__file__).absolute().parent.parent
 """The repository root: benchmark apps are imported from here (`bench.apps.*`)."""
 
@@ -36,10 +38,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def uvicorn_server(app: str, env: Mapping[str, str], ready_path: str) -> Iterator[str]:
-    """Serve `app` ("module:attribute") on a free loopback port; yield its URL once `ready_path` answers."""
+def uvicorn_server(app: str, env: Mapping[str, str], ready_path: str, *, like_nodes: bool = False) -> Iterator[str]:
+    """Serve `app` ("module:attribute") on a free loopback port; yield its URL once `ready_path` answers.
+
+    `like_nodes`: on the server stack `forwarder dev` runs cluster nodes on (uvloop + h11), for a
+    baseline measured against a node; otherwise uvicorn's own default (httptools when installed),
+    as `uvicorn app:app` runs it.
+    """
     port = free_port()
     argv = [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    if like_nodes:
+        argv += fast_server_options({**os.environ, **env})
     process = subprocess.Popen(argv, env={**os.environ, **env}, cwd=REPO, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:

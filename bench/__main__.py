@@ -121,12 +121,13 @@ def render(results: dict[str, Any]) -> str:
             f"{many['poll50_wake_all_10000_ms']} ms.",
             "",
             *_uvloop_wake(results["wake"].get("ten_thousand_waiters_uvloop")),
-            "**Read path** (GET throughput on a replica, middleware / bare app, wrk, A/B alternating)",
+            "**Read path** (GET throughput on a replica, middleware / bare app; wrk on both at once per "
+            "round, which starts first alternating, rounds until the spread is under +-0.03)",
             "",
             table(read_rows, read_path.COLUMNS),
             "",
             "**SQLModel read** (FastAPI + SQLModel app: replica through `forwarder.sqlalchemy` / the same app "
-            "with SQLAlchemy's default pool on a single node, wrk, A/B alternating)",
+            "with SQLAlchemy's default pool on a single node; rounds as for the read path)",
             "",
             table(sqlmodel_rows, read_path.COLUMNS),
             "",
@@ -163,7 +164,7 @@ def _primary_sections(results: dict[str, Any]) -> list[str]:
         out += [
             "**Primary cost** (the same write app: bare; with `litestream replicate` and a follower, no forwarder; "
             "as the primary of a forwarder cluster; the same with `POST /sync` per write as before; wrk POSTs, "
-            "one setup at a time, order rotating per round)",
+            "one setup at a time, order rotating per round; every setup on the nodes' server stack, uvloop + h11)",
             "",
             table(rows, primary_cost.COLUMNS),
             "",

@@ -21,19 +21,15 @@ import os
 import random
 import re
 import shutil
-import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
-import sys
 import tempfile
-import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from bench.servers import uvicorn_server
 from bench.stats import report
 
 COLUMNS = [
@@ -48,6 +44,8 @@ COLUMNS = [
     "load",
 ]
 TARGET_SPREAD = 0.03
+APP = "bench.apps.read_app:app"
+PATHS = ("/rows", "/hello")
 
 
 def spread(ratios: list[float], resamples: int = 2000) -> float:
@@ -95,28 +93,6 @@ def paired_rounds(
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(wrapped: bool, database: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "BENCH_WRAPPED": "1" if wrapped else "0", "BENCH_DATABASE": str(database)}
-    argv = [sys.executable, "-m", "uvicorn", "bench.apps.read_app:app", "--port", str(port), "--no-access-log"]
-    argv += ["--log-level", "warning"]
-    process = subprocess.Popen(argv, env=env, start_new_session=True)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/hello", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"the {'wrapped' if wrapped else 'bare'} server did not start on port {port}")
-
-
 def wrk(url: str, seconds: float, connections: int) -> float:
     return wrk_together([url], seconds, connections)[0]
 
@@ -154,21 +130,16 @@ def make_database(path: Path) -> None:
 def run(rounds: int, seconds: float, connections: int, max_rounds: int | None = None) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise SystemExit("the read-path benchmark needs wrk: apt-get install wrk")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         database = Path(tmp) / "app.db"
         make_database(database)
-        ports = {"bare": free_port(), "forwarder": free_port()}
-        servers = {name: start_server(name == "forwarder", database, port) for name, port in ports.items()}
-        try:
-            urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-            rows = [
-                paired_rounds(urls, path, rounds, max_rounds or rounds, seconds, connections)
-                for path in ("/rows", "/hello")
-            ]
-        finally:
-            for process in servers.values():
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(10)
+        urls = {
+            name: stack.enter_context(
+                uvicorn_server(APP, {"BENCH_WRAPPED": wrapped, "BENCH_DATABASE": str(database)}, "/hello")
+            )
+            for name, wrapped in (("bare", "0"), ("forwarder", "1"))
+        }
+        rows = [paired_rounds(urls, path, rounds, max_rounds or rounds, seconds, connections) for path in PATHS]
     return {"rows": rows, "rounds": rounds, "seconds": seconds, "connections": connections}
 
 

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from bench.profile_hop import package_of, self_time_by_package
+from bench.read_path import spread
 from bench.stats import percentile, summary_ms, table
 
 
@@ -44,3 +45,11 @@ def test_self_time_counts_the_innermost_frame(tmp_path: Path) -> None:
         'process 1:"uvicorn";run (uvicorn/main.py:1);send (httpx/_client.py:1629) 3\n'
     )
     assert self_time_by_package(raw) == (10, {"forwarder": 7, "httpx": 3})
+
+
+def test_the_spread_is_the_half_width_of_the_medians_interval() -> None:
+    assert spread([0.9] * 10) == 0
+    tight = spread([0.90, 0.91, 0.89, 0.90, 0.92, 0.88, 0.90, 0.91])
+    wide = spread([0.70, 1.10, 0.80, 1.00, 0.90, 0.60, 1.20, 0.90])
+    assert 0 < tight < 0.02 < wide
+    assert spread([0.70, 1.10, 0.80, 1.00]) == spread([0.70, 1.10, 0.80, 1.00])  # seeded: reproducible

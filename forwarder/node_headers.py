@@ -22,10 +22,11 @@ from collections.abc import Iterable
 
 from .middleware.headers import HOP_BY_HOP
 
-__all__ = ["NODE_SIGNATURE", "end_to_end", "sign_node_headers", "verified_headers", "with_forwarded_for"]
+__all__ = ["NODE_SIGNATURE", "PREFIX", "end_to_end", "sign_node_headers", "verified_headers", "with_forwarded_for"]
 
 NODE_SIGNATURE = b"forwarder-node-signature"
 PREFIX = b"forwarder-"
+"""What the name of every header one node sends another starts with (lowercase)."""
 # Client headers with our prefix that are not claims by a node (see the module docstring).
 CLIENT_HEADERS = frozenset({b"forwarder-txid", b"forwarder-signature"})
 

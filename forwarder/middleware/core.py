@@ -54,10 +54,8 @@ class ForwarderMiddleware:
         self.app = app
         self.forwarder = forwarder
         self.policy = policy or forwarder.policy
-
-    @property
-    def _node_header(self) -> list[tuple[bytes, bytes]]:
-        return [(h.NODE, self.forwarder.topology.node_id.encode())]
+        # A node's id never changes (a failover changes its role): built once, not per response.
+        self._node_header = [(h.NODE, forwarder.topology.node_id.encode())]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -16,7 +16,7 @@ import logging
 from starlette.types import Scope, Send
 
 from ..logsafe import clean
-from ..node_headers import NODE_SIGNATURE, opened_replay_source, seal_replay, verified_headers
+from ..node_headers import NODE_SIGNATURE, PREFIX, opened_replay_source, seal_replay, verified_headers
 from ..runtime import Forwarder
 from .classify import INTERNAL_PREFIX
 from .replay import came_through_fly_proxy
@@ -66,38 +66,35 @@ async def refuse(scope: Scope, send: Send, status: int, message: str) -> None:
 async def admit(forwarder: Forwarder, scope: Scope, send: Send) -> tuple[Scope, Send] | None:
     """The scope (node headers checked) and send to serve the request with, or None when the
     request was refused here."""
+    # One pass says which checks have anything to look at: most requests carry no body framing
+    # headers, no node headers and no fly-replay-src, and then cost nothing more.
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    framed = claimed = replayed = False
+    for key, _ in headers:
+        name = key.lower()
+        if name.startswith(PREFIX):
+            claimed = True
+        elif name == b"content-length" or name == b"transfer-encoding":
+            framed = True
+        elif name == b"fly-replay-src":
+            replayed = True
     problem = target_problem(scope)
-    if problem is None and scope["type"] == "http":
-        problem = framing_problem(scope["headers"])
+    if problem is None and framed and scope["type"] == "http":
+        problem = framing_problem(headers)
     if problem is not None:
         logger.info("refused %s %s: %s", clean(scope.get("method", "GET")), clean(scope.get("raw_path", "")), problem)
         await refuse(scope, send, 400, problem)
         return None
     method = scope.get("method", "GET")
-    headers, dropped = verified_headers(
-        forwarder.node_secret, method, scope["path"], scope["headers"], max_age=forwarder.signature_max_age
-    )
-    if dropped:
-        if forwarder.node_secret is None and any(k == NODE_SIGNATURE for k, _ in scope["headers"]):
-            # A replica signed them, but this node cannot check: forwarded reads lose their reason.
-            logger.warning(
-                "a forwarded request arrived signed, but this node has no FORWARDER_SECRET to check it; "
-                "set the same FORWARDER_SECRET on every node"
-            )
-        logger.info(
-            "ignored node headers no node signed (%s) on %s %s",
-            clean(b", ".join(dropped)),
-            clean(method),
-            clean(scope["path"]),
-        )
-        scope = {**scope, "headers": headers}
-    secret = forwarder.node_secret
-    if any(k == b"fly-replay-src" for k, _ in headers):
+    if claimed:
+        scope = _checked_node_headers(forwarder, scope, method)
+    if replayed:
+        secret = forwarder.node_secret
         opened = [
             (k, opened_replay_source(secret, v, method, scope["path"], max_age=forwarder.signature_max_age))
-            if k == b"fly-replay-src"
+            if k.lower() == b"fly-replay-src"
             else (k, v)
-            for k, v in headers
+            for k, v in scope["headers"]
         ]
         scope = {**scope, "headers": opened}
     path: str = scope["path"]
@@ -112,6 +109,28 @@ async def admit(forwarder: Forwarder, scope: Scope, send: Send) -> tuple[Scope, 
             )
             return None
     return scope, send
+
+
+def _checked_node_headers(forwarder: Forwarder, scope: Scope, method: str) -> Scope:
+    """The scope without the `forwarder-*` request headers no node signed (logged)."""
+    headers, dropped = verified_headers(
+        forwarder.node_secret, method, scope["path"], scope["headers"], max_age=forwarder.signature_max_age
+    )
+    if not dropped:
+        return scope
+    if forwarder.node_secret is None and any(k.lower() == NODE_SIGNATURE for k, _ in scope["headers"]):
+        # A replica signed them, but this node cannot check: forwarded reads lose their reason.
+        logger.warning(
+            "a forwarded request arrived signed, but this node has no FORWARDER_SECRET to check it; "
+            "set the same FORWARDER_SECRET on every node"
+        )
+    logger.info(
+        "ignored node headers no node signed (%s) on %s %s",
+        clean(b", ".join(dropped)),
+        clean(method),
+        clean(scope["path"]),
+    )
+    return {**scope, "headers": headers}
 
 
 def sealed(

@@ -34,9 +34,10 @@ def target_problem(scope: Scope) -> str | None:
             return "a request target starting with '//' is not served: send the path with a single leading '/'"
     if not path.startswith("/") or path.startswith("//"):
         return "the decoded request path must start with a single '/'"
-    segments = path.split("/")
-    if "." in segments or ".." in segments:
-        return "a request path with '.' or '..' segments is not served: send the normalised path"
+    if "/." in path:  # the only way to a '.' or '..' segment; most paths have none, and no split
+        segments = path.split("/")
+        if "." in segments or ".." in segments:
+            return "a request path with '.' or '..' segments is not served: send the normalised path"
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:

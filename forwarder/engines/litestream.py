@@ -45,11 +45,10 @@ logger = logging.getLogger("forwarder.engines.litestream")
 QUIET_GAP = 0.05
 """Seconds since the previous `promise_position()` above which it asks sync-status once (see there).
 
-At 20 writes/s or fewer a control-socket round trip is cheap, and it spares a read with the cookie
-soon after a lone write a sync's wait: 23.6 against 33.0 ms p50 from local files alone
-(`bench/prompt_txid.py`). Asked for every write, it cost a third of the throughput at 8
-connections and 3-4 ms p50 at 1 on a loaded machine (`bench/primary_cost.py`, `forwarder, status`),
-where a round trip to another process waits for a core; hence a gap well above a busy client's."""
+At 20 writes/s or fewer a control-socket round trip is cheap, and it spares a read with the cookie soon
+after a lone write a sync's wait: 23.6 against 33.0 ms p50 from local files alone (`bench/prompt_txid.py`).
+Asked for every write, it cost a third of the throughput at 8 connections and 3-4 ms p50 at 1 on a loaded
+machine (`bench/primary_cost.py`, `forwarder, status`); hence a gap well above a busy client's."""
 
 POLL_INTERVAL = 0.001
 """Seconds between stat() calls of the `-txid` file when inotify is not available."""
@@ -96,6 +95,7 @@ class LitestreamEngine(Engine):
         self._parent_watch: Any = None
         self._generation_watch: Any = None
         self._generation_dir: Path | None = None
+        self._txid_now = os.path.realpath(self.database) + "-txid"  # re-resolved on swaps: inotify keeps order
         self._txid_mask: Any = None
         self._garbage_seen: set[str] = set()
         self._restored = False
@@ -295,9 +295,9 @@ class LitestreamEngine(Engine):
         return True
 
     def current_txid_path(self) -> Path:
-        """The `-txid` of the file `database` is now (through a generation symlink, if it is one)."""
-        real = Path(os.path.realpath(self.database))
-        return real.with_name(real.name + "-txid")
+        """The `-txid` of the file `database` is now (through a generation symlink), kept for `_read_txid`."""
+        self._txid_now = os.path.realpath(self.database) + "-txid"
+        return Path(self._txid_now)
 
     def _watch_generation(self) -> None:
         """Watch the directory of the generation the link points at now (if not the parent)."""
@@ -326,9 +326,10 @@ class LitestreamEngine(Engine):
                     if event.watch is self._parent_watch or self._parent_watch is None:
                         break
                     continue  # an old generation's directory was removed
-                # On queue overflow events were lost, so re-read whatever the name.
-                if event.mask & Mask.Q_OVERFLOW or (event.name is not None and str(event.name) in names):
-                    self._watch_generation()
+                # Lost events (queue overflow), or the database's name renamed (a swap): resolve the link anew.
+                if (lost := event.mask & Mask.Q_OVERFLOW) or (event.name is not None and str(event.name) in names):
+                    if lost or str(event.name) == self.database.name:
+                        self._watch_generation()
                     self._refresh()
         finally:
             self._close_inotify()
@@ -373,7 +374,7 @@ class LitestreamEngine(Engine):
     def _read_txid(self) -> Txid | None:
         """The follower's position; 0 when it has not restored yet; None when the file holds garbage."""
         try:
-            text = self.current_txid_path().read_text(encoding="ascii", errors="replace")
+            text = Path(self._txid_now).read_text(encoding="ascii", errors="replace")
         except FileNotFoundError:
             if self._restored:
                 logger.warning("%s is gone: the follower is restoring %s again", self.txid_path, self.database)

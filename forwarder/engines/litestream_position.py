@@ -251,17 +251,26 @@ class CoveringCheck:
                 if time.monotonic() > deadline:
                     break
                 await asyncio.sleep(ACTIVE_POLL_INTERVAL)
-            try:
-                status = await self._status(request)
-            except EngineError:
-                self.outcomes["sync-status failed"] += 1
+            answer = await self._status_answer(request, end)
+            if answer is None:
                 return None
-            txid, outcome = self.after_status(end, status)
+            txid, outcome = answer
             if outcome != _ACTIVE:
                 self.outcomes[outcome + (" (after an active sync)" if attempt else "")] += 1
                 return txid
         self.outcomes[_ACTIVE] += 1
         return None
+
+    async def _status_answer(
+        self, request: Callable[..., Awaitable[dict[str, Any]]], end: WalEnd
+    ) -> tuple[int | None, str] | None:
+        """`after_status(end, ...)` of one sync-status; None (and counted) when the control socket failed."""
+        try:
+            status = await self._status(request)
+        except EngineError:
+            self.outcomes["sync-status failed"] += 1
+            return None
+        return self.after_status(end, status)
 
     async def promise_after_status(self, request: Callable[..., Awaitable[dict[str, Any]]]) -> tuple[int, bool] | None:
         """Like `promise()`, with one `GET /debug/sync-status` and no waiting when the newest does not hold the end.
@@ -272,13 +281,10 @@ class CoveringCheck:
         found = self.covered()
         if found is None or found[1].end >= found[0].end:
             return self.promise()
-        end = found[0]
-        try:
-            status = await self._status(request)
-        except EngineError:
-            self.outcomes["sync-status failed"] += 1
+        answer = await self._status_answer(request, found[0])
+        if answer is None:
             return None
-        txid, outcome = self.after_status(end, status)
+        txid, outcome = answer
         if outcome == _ACTIVE:
             return self.promise()
         self.outcomes[outcome] += 1

@@ -7,7 +7,7 @@ import logging
 import random
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import closing
 from pathlib import Path
 
@@ -124,23 +124,33 @@ class CountingEngine(LitestreamEngine):
         return await super()._sync_once()
 
 
-async def test_concurrent_commit_positions_cover_each_callers_own_write(tmp_path: Path, replicator: Replicator) -> None:
-    engine = CountingEngine(replicator.database, Role.PRIMARY, socket_path=replicator.socket_path)
+async def concurrent_writes(
+    replicator: Replicator, writers: int, position: Callable[[], Awaitable[Txid]], spread: Callable[[int], float]
+) -> dict[int, Txid]:
+    """`writers` tasks on one connection, each after a random delay of up to `spread(n)` s: insert row n,
+    commit, then ask `position()`; the txid each one got."""
     got: dict[int, Txid] = {}
 
-    async def write_then_commit_position(db: sqlite3.Connection, n: int) -> None:
-        if n % 2:  # half arrive at once, half spread out while syncs are in flight
-            await anyio.sleep(random.uniform(0, 0.03))
+    async def write(db: sqlite3.Connection, n: int) -> None:
+        if spread(n):
+            await anyio.sleep(random.uniform(0, spread(n)))
         db.execute("INSERT INTO items (n) VALUES (?)", (n,))
         db.commit()
-        got[n] = await engine.commit_position()
+        got[n] = await position()
 
+    with closing(sqlite3.connect(replicator.database)) as db:
+        async with anyio.create_task_group() as tg:
+            for n in range(writers):
+                tg.start_soon(write, db, n)
+    return got
+
+
+async def test_concurrent_commit_positions_cover_each_callers_own_write(tmp_path: Path, replicator: Replicator) -> None:
+    engine = CountingEngine(replicator.database, Role.PRIMARY, socket_path=replicator.socket_path)
     with anyio.fail_after(30):
         async with engine:
-            with closing(sqlite3.connect(replicator.database)) as db:
-                async with anyio.create_task_group() as tg:
-                    for n in range(20):
-                        tg.start_soon(write_then_commit_position, db, n)
+            # Half arrive at once, half spread out while syncs are in flight.
+            got = await concurrent_writes(replicator, 20, engine.commit_position, lambda n: 0.03 if n % 2 else 0.0)
         assert len(got) == 20
         assert engine.syncs < 20  # callers shared syncs
         # Strict check: restoring the replica exactly up to the txid a caller got holds that caller's row.
@@ -153,20 +163,10 @@ async def test_concurrent_prompt_positions_cover_each_callers_own_write_and_come
     # The prompt answer (`newest + 2` from local files, as under load): no sync-status, no wait.
     engine = LitestreamEngine(replicator.database, Role.PRIMARY, socket_path=replicator.socket_path)
     engine.quiet_gap = float("inf")
-    got: dict[int, Txid] = {}
-
-    async def write_then_promise_position(db: sqlite3.Connection, n: int) -> None:
-        await anyio.sleep(random.uniform(0, 0.1))  # commits land anywhere relative to the 10 ms monitor
-        db.execute("INSERT INTO items (n) VALUES (?)", (n,))
-        db.commit()
-        got[n] = await engine.promise_position()
-
     with anyio.fail_after(60):
         async with engine:
-            with closing(sqlite3.connect(replicator.database)) as db:
-                async with anyio.create_task_group() as tg:
-                    for n in range(60):
-                        tg.start_soon(write_then_promise_position, db, n)
+            # Commits land anywhere relative to the 10 ms monitor.
+            got = await concurrent_writes(replicator, 60, engine.promise_position, lambda n: 0.1)
             while engine.keeper.running:  # the last promises, kept with no write after them
                 await anyio.sleep(0.01)
             newest = max(got.values())

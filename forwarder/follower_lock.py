@@ -15,7 +15,7 @@ import os
 import struct
 import threading
 
-__all__ = ["PENDING_BYTE", "FileId", "WriterProbe", "file_id"]
+__all__ = ["PENDING_BYTE", "FileId", "WriterProbe", "file_id", "is_wal_file"]
 
 PENDING_BYTE = 0x40000000
 """Offset of SQLite's PENDING lock byte (`sqlite3PendingByte`, the same in every build we ship with)."""
@@ -33,6 +33,19 @@ def file_id(path: str) -> FileId | None:
     except OSError:
         return None
     return stat.st_dev, stat.st_ino
+
+
+def is_wal_file(path: str) -> bool:
+    """Whether the SQLite file at `path` is in WAL mode: its header's read and write versions are 2.
+
+    False when it cannot be read or is not a SQLite file (then nothing is pooled on it).
+    """
+    try:
+        with open(path, "rb") as file:
+            header = file.read(20)
+    except OSError:
+        return False
+    return len(header) == 20 and header.startswith(b"SQLite format 3\x00") and header[18:20] == b"\x02\x02"
 
 
 class WriterProbe:

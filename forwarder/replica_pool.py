@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from .follower_lock import FileId, WriterProbe, file_id
+from .follower_lock import FileId, WriterProbe, file_id, is_wal_file
 
 __all__ = ["LINGER", "IdlePool", "ReplicaIdle"]
 
@@ -56,16 +56,49 @@ class ReplicaIdle:
         self.linger = linger
         self.path = ""
         """The database path connections open (a replica's symlink to its current generation)."""
-        self.lock = threading.RLock()  # closing fires the pool's events, which may come back here
-        self.in_use = 0
+        self.lock = threading.RLock()  # the reaper's start and end; closing fires the pool's events
+        # One item per connection out of the pool: append() and pop() are single, thread-safe steps,
+        # so the hot path takes no lock (a contended lock cost the app's threads GIL handoffs).
+        self._out: list[None] = []
         self.probe = WriterProbe()
         self._last_checkin = 0.0
+        self._wal: dict[FileId, bool] = {}
         self._reaper: threading.Thread | None = None
         self._use_reaper = reaper
         self.file: FileId | None = None
         """The file `path` named at the reaper's last look."""
         self.wanted = False
         """The follower was waiting for the file at the reaper's last look (idle connections are closed)."""
+
+    @property
+    def in_use(self) -> int:
+        """How many of the pool's connections are checked out."""
+        return len(self._out)
+
+    def checked_out(self) -> None:
+        """A connection left the pool for a use."""
+        self._out.append(None)
+
+    def checked_in(self) -> None:
+        """A connection came back (kept or not)."""
+        try:
+            self._out.pop()
+        except IndexError:
+            pass  # a connection checked out before this count began (Engine.dispose())
+
+    def wal_mode(self, identity: FileId | None) -> bool:
+        """Whether the file `path` named as `identity` is a WAL-mode database (from its header, once per file).
+
+        Read from the header, not asked with `PRAGMA journal_mode` on each new connection: that
+        was a query per connection opened. Once per file is enough, because Litestream replicates
+        only WAL-mode databases, so a follower's file never leaves WAL mode while it is in place.
+        """
+        if identity is None:
+            return False
+        known = self._wal.get(identity)
+        if known is None:
+            known = self._wal[identity] = is_wal_file(self.path)
+        return known
 
     def follower_waiting(self, identity: FileId | None = None) -> bool:
         """Whether the follower holds SQLite's PENDING byte of the current file (`identity`: its `file_id`)."""
@@ -79,12 +112,15 @@ class ReplicaIdle:
         return opened != current or wanted
 
     def kept(self) -> None:
-        """A connection went back to the pool to be reused (with `lock` held): start the reaper."""
+        """A connection goes back to the pool to be reused: start the reaper if none runs."""
         self._last_checkin = time.monotonic()
-        if self._use_reaper and self._reaper is None:
-            self.file, self.wanted = self._look()  # what the last reaper saw may be long out of date
-            self._reaper = threading.Thread(target=self._reap, name="forwarder-replica-pool", daemon=True)
-            self._reaper.start()
+        if not self._use_reaper or self._reaper is not None:
+            return
+        with self.lock:
+            if self._reaper is None:
+                self.file, self.wanted = self._look()  # what the last reaper saw may be long out of date
+                self._reaper = threading.Thread(target=self._reap, name="forwarder-replica-pool", daemon=True)
+                self._reaper.start()
 
     def close_idle(self) -> None:
         """Close every idle connection now; the pool opens new ones on demand."""
@@ -100,12 +136,14 @@ class ReplicaIdle:
             seen = self._look()  # not under the lock: checkouts and checkins need it meanwhile
             with self.lock:
                 self.file, self.wanted = seen
-                quiet = self.in_use == 0 and time.monotonic() - self._last_checkin >= self.linger
+                since = time.monotonic() - self._last_checkin
+                quiet = self.in_use == 0 and since >= self.linger
                 if quiet or self.wanted:
                     self.close_idle()
-                if self.in_use == 0 and self.pool().checkedin() == 0:
+                if self.in_use == 0 and since >= _TICK and self.pool().checkedin() == 0:
                     # Nothing can be idle until a checkin, and a checkin starts a new reaper (the
-                    # engine's own dispose() also ends up here). What it saw is void once it is gone:
-                    # the next one looks anew before anything is handed out again.
+                    # engine's own dispose() also ends up here). Not within a tick of a checkin: its
+                    # connection may not be in the pool's queue yet. What it saw is void once it is
+                    # gone: the next one looks anew before anything is handed out again.
                     self._reaper, self.wanted = None, False
                     return

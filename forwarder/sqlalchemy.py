@@ -195,17 +195,11 @@ class _Binding:
         if stamp.owner and stamp.role is Role.PRIMARY:
             prepare_primary(dbapi_connection)
         elif stamp.owner and self.replica_pooling is ReplicaPooling.BUSY:
-            cursor = dbapi_connection.cursor()
-            try:
-                cursor.execute("PRAGMA journal_mode")
-                wal = str(cursor.fetchone()[0]).lower() == "wal"
-            finally:
-                cursor.close()
+            self._replicas.path = path = record.info.get(_PATH, "")
+            record.info[_FILE] = identity = file_id(path)
             # Only a WAL-mode reader keeps the follower out for as long as it is open; a rollback-mode
             # one would let the follower write between two reads, under its page cache.
-            record.info[_POOLABLE] = wal
-            self._replicas.path = record.info.get(_PATH, "")
-            record.info[_FILE] = file_id(self._replicas.path)
+            record.info[_POOLABLE] = self._replicas.wal_mode(identity)
 
     def _checkout(self, dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
         stamp: Stamp = record.info.get(_STAMP, _NO_RULE)
@@ -213,8 +207,7 @@ class _Binding:
         if record.info.pop(_FRESH, False):
             # Opened for this checkout: it has read nothing yet, so it has no snapshot to be stale.
             if stamp.owner and stamp.role is Role.REPLICA and self.replica_pooling is ReplicaPooling.BUSY:
-                with self._replicas.lock:
-                    self._replicas.in_use += 1
+                self._replicas.checked_out()
             return
         if rule is None:
             if stamp.owner:
@@ -226,8 +219,7 @@ class _Binding:
             if self._blocks_replication(record):
                 self._replicas.close_idle()
                 raise exc.DisconnectionError("the follower is waiting for the replica's file")
-            with self._replicas.lock:
-                self._replicas.in_use += 1
+            self._replicas.checked_out()
             return
         if not rule.may_reuse(stamp):
             # The pool discards it and opens a new one (do_connect applies the rule anew).
@@ -247,22 +239,22 @@ class _Binding:
             if dbapi_connection is not None:
                 record.invalidate()  # closed now: an idle connection on a follower's file may hold its lock
             return
-        with self._replicas.lock:
-            self._replicas.in_use = max(0, self._replicas.in_use - 1)
-            if dbapi_connection is None:
-                return  # invalidated while in use: nothing to keep
-            rule = self.rule()
-            # The file's generation is checked at the next checkout: not here, on every request's way out.
-            keep = (
-                (self._replicas.in_use > 0 or self._replicas.linger > 0)
-                and not self._replicas.wanted
-                and record.info.get(_POOLABLE, False)
-                and rule is not None
-                and rule.may_reuse(stamp)
-            )
-            if keep:
-                self._replicas.kept()
-                return
+        replicas = self._replicas
+        replicas.checked_in()
+        if dbapi_connection is None:
+            return  # invalidated while in use: nothing to keep
+        rule = self.rule()
+        # The file's generation is checked at the next checkout: not here, on every request's way out.
+        keep = (
+            (replicas.in_use > 0 or replicas.linger > 0)
+            and not replicas.wanted
+            and record.info.get(_POOLABLE, False)
+            and rule is not None
+            and rule.may_reuse(stamp)
+        )
+        if keep:
+            replicas.kept()
+            return
         # The engine is idle, or the follower wants the file: leave no connection open on it.
         record.invalidate()
         self._replicas.close_idle()

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import struct
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from ..quick_poll import QuickPoll
 
 if TYPE_CHECKING:
     from asyncinotify import Inotify
@@ -55,7 +56,7 @@ class FollowerGuard:
         self._inotify: Inotify | None = None
         self._parent_wd = -1
         self._generation_wd = -1
-        self._poll: select.poll | None = None  # the fast "anything new?" test on the hot path
+        self._poll: QuickPoll | None = None  # the fast "anything new?" test on the hot path
         self.writes = 0
         """Foreign writes seen so far (each inotify event counts once)."""
         self._modified_at: float | None = None  # wall clock of the first write since the last restore
@@ -93,8 +94,7 @@ class FollowerGuard:
             )
             return False
         self._inotify = inotify
-        self._poll = select.poll()
-        self._poll.register(inotify.fd, select.POLLIN)
+        self._poll = QuickPoll(inotify.fd)
         self._follow_link()
         return True
 
@@ -122,13 +122,13 @@ class FollowerGuard:
         """Read the events that are waiting, without blocking; return `writes`.
 
         This runs before every replica response, so it parses the kernel's records itself (a
-        `poll(0)` and one `read` when something is waiting) rather than building an event object
-        per record: each read-only request leaves one `-shm` record behind.
+        `poll(0)` that keeps the GIL, `QuickPoll`, and one `read` when something is waiting)
+        rather than building an event object per record.
         """
         inotify, poll = self._inotify, self._poll
         if inotify is None or poll is None:
             return self.writes
-        while poll.poll(0):
+        while poll.ready():
             try:
                 data = os.read(inotify.fd, _READ_SIZE)
             except (BlockingIOError, InterruptedError):

@@ -58,6 +58,7 @@ def test_an_idle_connection_is_reused_then_closed_after_the_linger(tmp_path: Pat
     path = make_db(tmp_path / "app.db")
     engine = lingering(path, replica(), 1.0)
     with engine.connect() as conn:
+        conn.execute(text("SELECT count(*) FROM t"))  # a reader that has read holds the file
         first = conn.connection.dbapi_connection
     assert not free_for_the_follower(path)  # held by the idle connection
     with engine.connect() as conn:
@@ -74,6 +75,7 @@ def test_a_waiting_follower_gets_the_file_at_once(tmp_path: Path) -> None:
     path = make_db(tmp_path / "app.db")
     engine = lingering(path, replica(), 60.0)
     with engine.connect() as conn:
+        conn.execute(text("SELECT count(*) FROM t"))  # a reader that has read holds the file
         pooled = conn.connection.dbapi_connection
     with follower_asking_for(path):
         assert WriterProbe().writer_waiting(str(path))
@@ -89,6 +91,7 @@ def test_a_new_generation_of_the_file_retires_the_old_connections_within_a_tick(
     path = make_db(tmp_path / "app.db")
     engine = lingering(path, replica(), 60.0)
     with engine.connect() as conn:
+        conn.execute(text("SELECT count(*) FROM t"))  # a reader that has read holds the file
         old = conn.connection.dbapi_connection
     restored = tmp_path / "restored.db"
     shutil.copy(path, restored)
@@ -111,6 +114,7 @@ def test_a_moved_position_retires_pooled_connections(tmp_path: Path) -> None:
     forwarder = replica()
     engine = lingering(path, forwarder, 60.0)
     with engine.connect() as conn:
+        conn.execute(text("SELECT count(*) FROM t"))  # a reader that has read holds the file
         old = conn.connection.dbapi_connection
     forwarder.tracker.advance(Txid(5))
     with engine.connect() as conn:
@@ -124,6 +128,7 @@ def test_rollback_journal_connections_are_never_pooled(tmp_path: Path) -> None:
     path = make_db(tmp_path / "app.db", journal="DELETE")
     engine = lingering(path, replica(), 60.0)
     with engine.connect() as conn:
+        conn.execute(text("SELECT count(*) FROM t"))  # a reader that has read holds the file
         first = conn.connection.dbapi_connection
     assert closed(first)
     engine.dispose()

@@ -7,11 +7,13 @@ older file than a fresh one would; the danger is only that it stalls replication
 connections are kept for at most `LINGER` seconds after the engine was last used, and closed as
 soon as the follower asks for the file (SQLite's PENDING byte, `forwarder.follower_lock`).
 
-A reaper thread, alive only while the pool may hold idle connections, looks at the file every
-`_TICK` seconds: whether the follower is waiting, and whether a re-restore put a new file in place.
-Checkouts and checkins read what it saw last, so a request's way through the pool makes no system
-call: each one lets another thread take the GIL, and on a small VM the handoff costs far more than
-the call (measured: a 1 µs `stat` took 165 µs with one other Python thread awake). Without a reaper
+The file is looked at once every `_TICK` seconds: whether the follower is waiting, and whether a
+re-restore put a new file in place. Under load the first checkin after a tick looks; a reaper
+thread, alive only while the pool may hold idle connections, looks when no checkin has (and
+closes what lingers). Checkouts, and the other checkins, read what was seen last, so most requests'
+way through the pool makes no system call: each one lets another thread take the GIL, and on a
+small VM the handoff costs far more than the call (measured: a 1 µs `stat` took 165 µs with one
+other Python thread awake), and each wake-up of an otherwise idle thread costs one. Without a reaper
 (async engines) a checkout looks itself. A connection handed out in the tick after a re-restore
 still reads no older data than the tracker's position, which retires it once it moves
 (`forwarder.connections.AccessRule.may_reuse`).
@@ -63,6 +65,7 @@ class ReplicaIdle:
         self.probe = WriterProbe()
         self._last_checkin = 0.0
         self._wal: dict[FileId, bool] = {}
+        self._looked_at = 0.0  # when `file` and `wanted` were last looked at (monotonic)
         self._reaper: threading.Thread | None = None
         self._use_reaper = reaper
         self.file: FileId | None = None
@@ -107,9 +110,19 @@ class ReplicaIdle:
     def must_close(self, opened: FileId | None) -> bool:
         """Whether a pooled connection opened on file `opened` may not be handed out again: the file
         was replaced (a re-restore's new generation) or the follower is waiting for it. With a
-        reaper, as it saw at most `_TICK` ago; without one, looked at now."""
+        reaper, as seen at most 1.5 `_TICK` ago; without one, looked at now."""
         current, wanted = (self.file, self.wanted) if self._use_reaper else self._look()
         return opened != current or wanted
+
+    def refresh(self) -> None:
+        """On a checkin: look at the file if nobody has for `_TICK` (while a reaper runs).
+
+        Under load the checkins do the looking, on threads that are running anyway, and the
+        reaper only wakes: each look it makes costs the app's threads two GIL handoffs more.
+        """
+        if self._reaper is not None and time.monotonic() - self._looked_at >= _TICK:
+            self._looked_at = time.monotonic()
+            self.file, self.wanted = self._look()
 
     def kept(self) -> None:
         """A connection goes back to the pool to be reused: start the reaper if none runs."""
@@ -119,6 +132,7 @@ class ReplicaIdle:
         with self.lock:
             if self._reaper is None:
                 self.file, self.wanted = self._look()  # what the last reaper saw may be long out of date
+                self._looked_at = time.monotonic()
                 self._reaper = threading.Thread(target=self._reap, name="forwarder-replica-pool", daemon=True)
                 self._reaper.start()
 
@@ -132,10 +146,16 @@ class ReplicaIdle:
 
     def _reap(self) -> None:
         while True:
-            time.sleep(_TICK)
-            seen = self._look()  # not under the lock: checkouts and checkins need it meanwhile
+            # Wake half a tick after the next look is due: under load a checkin has made it by then
+            # and the reaper only sleeps again; quiet, it looks itself. A follower that starts
+            # waiting is seen within 1.5 ticks either way.
+            time.sleep(max(self._looked_at + 1.5 * _TICK - time.monotonic(), _TICK / 10))
+            if time.monotonic() - self._looked_at >= _TICK:
+                self._looked_at = time.monotonic()
+                seen = self._look()  # not under the lock: checkouts and checkins need it meanwhile
+                with self.lock:
+                    self.file, self.wanted = seen
             with self.lock:
-                self.file, self.wanted = seen
                 since = time.monotonic() - self._last_checkin
                 quiet = self.in_use == 0 and since >= self.linger
                 if quiet or self.wanted:

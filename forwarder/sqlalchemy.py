@@ -243,6 +243,7 @@ class _Binding:
         replicas.checked_in()
         if dbapi_connection is None:
             return  # invalidated while in use: nothing to keep
+        replicas.refresh()
         rule = self.rule()
         # The file's generation is checked at the next checkout: not here, on every request's way out.
         keep = (

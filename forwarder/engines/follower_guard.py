@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..quick_poll import QuickPoll
+from ..quick_calls import QuickPoll
 
 if TYPE_CHECKING:
     from asyncinotify import Inotify

@@ -71,6 +71,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import quick_calls
 from ..exceptions import EngineError
 
 __all__ = ["CoveringCheck", "LtxHead", "ShmFile", "WalEnd", "latest_l0", "wal_end"]
@@ -123,13 +124,16 @@ class ShmFile:
         self._identity = (0, 0)
 
     def read(self, size: int) -> bytes:
-        st = os.stat(self.path)
-        if self._fd is None or (st.st_dev, st.st_ino) != self._identity:
+        # Both calls keep the GIL (`quick_calls`): this runs on the event loop after every write.
+        identity = quick_calls.file_id(self.path)
+        if identity is None:
+            raise FileNotFoundError(self.path)
+        if self._fd is None or identity != self._identity:
             self.close()
             self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             opened = os.fstat(self._fd)
             self._identity = (opened.st_dev, opened.st_ino)
-        return os.pread(self._fd, size, 0)
+        return quick_calls.pread(self._fd, size, 0)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -197,11 +201,11 @@ def latest_l0(ltx_dir: Path, hint: int = 0, known: LtxHead | None = None) -> Ltx
 
 def _probe(ltx_dir: Path, hint: int) -> tuple[int, str] | None:
     name = f"{hint:016x}-{hint:016x}.ltx"
-    if not os.path.exists(os.path.join(ltx_dir, name)):
+    if not quick_calls.exists(os.path.join(ltx_dir, name)):
         return None
     while True:
         following = f"{hint + 1:016x}-{hint + 1:016x}.ltx"
-        if not os.path.exists(os.path.join(ltx_dir, following)):
+        if not quick_calls.exists(os.path.join(ltx_dir, following)):
             return hint, name
         hint, name = hint + 1, following
 

@@ -1,0 +1,66 @@
+"""`quick_calls`: each call with libc (the GIL kept) and with its `os`/`select` fallback, against the `os` answer."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from forwarder import quick_calls
+from forwarder.quick_calls import QuickPoll
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    read_end, write_end = os.pipe()
+    yield read_end, write_end
+    os.close(read_end)
+    os.close(write_end)
+
+
+@pytest.fixture(params=[True, False], ids=["libc", "fallback"])
+def libc(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    if request.param:
+        assert quick_calls._LIBC is not None  # Linux x86-64/arm64: what the hot paths use
+    else:
+        monkeypatch.setattr(quick_calls, "_LIBC", None)
+    return bool(request.param)
+
+
+def test_ready_says_whether_something_waits(pipe: tuple[int, int], libc: bool) -> None:
+    read_end, write_end = pipe
+    poll = QuickPoll(read_end)
+    assert not poll.ready()
+    os.write(write_end, b"x")
+    assert poll.ready()
+    assert poll.ready()  # still there until read
+    os.read(read_end, 1)
+    assert not poll.ready()
+
+
+def test_exists_and_file_id_agree_with_os(tmp_path: Path, libc: bool) -> None:
+    target = tmp_path / "app.db"
+    target.write_bytes(b"x")
+    link = tmp_path / "link.db"
+    link.symlink_to(target)
+    st = os.stat(target)
+    assert quick_calls.exists(str(target)) and quick_calls.exists(str(link))
+    assert quick_calls.file_id(str(target)) == quick_calls.file_id(str(link)) == (st.st_dev, st.st_ino)
+    assert not quick_calls.exists(str(tmp_path / "missing"))
+    assert quick_calls.file_id(str(tmp_path / "missing")) is None
+
+
+def test_pread_reads_at_an_offset_and_reports_errors(tmp_path: Path, libc: bool) -> None:
+    path = tmp_path / "data"
+    path.write_bytes(bytes(range(100)))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert quick_calls.pread(fd, 10, 5) == bytes(range(5, 15))
+        assert quick_calls.pread(fd, 10, 95) == bytes(range(95, 100))  # short at the end
+        assert quick_calls.pread(fd, 10, 200) == b""
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError):
+        quick_calls.pread(fd, 10, 0)  # closed

@@ -6,12 +6,9 @@ or `newest + 2`, whose existence the keeper sees to (`litestream_keeper`); `comm
 a sync in progress (`litestream_position`). When the files cannot tell, both ask Litestream to
 sync (`POST /sync`, wait=true), and concurrent callers share those syncs (group commit).
 
-Replica: the follower writes its position to `<database>-txid` (`%016x\\n`, tmp file + rename)
-after the pages are on disk. The engine watches the database's directory with inotify and
-publishes each new position; without inotify it polls the file's stat every millisecond, in
-one task for the whole engine. When `<database>` is a symlink into a generation directory
-(`forwarder.replica.Generations`: a re-restore swaps the link), the position is the `-txid` of
-the file the link points at now; the engine watches that directory too and follows each swap.
+Replica: the follower writes its position to `<database>-txid` after the pages are on disk; the
+engine publishes each new one (`txid_watch`, which also follows the generation symlink of a
+re-restore), and notices writes by anything but the follower (`follower_guard`).
 
 Facts and pitfalls behind these choices: `shared/reference/replication-engines.md`, section 1.
 """
@@ -20,11 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-from contextlib import suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..exceptions import EngineError, InvalidTxid, PositionFormatError
 from ..txid import Txid
@@ -34,9 +29,7 @@ from .follower_guard import CHECK_INTERVAL, FollowerGuard
 from .litestream_config import litestream_binary, replicate_config
 from .litestream_keeper import TxidKeeper
 from .litestream_position import CoveringCheck
-
-if TYPE_CHECKING:
-    from asyncinotify import Inotify
+from .txid_watch import TxidWatch
 
 __all__ = ["LitestreamEngine", "litestream_binary", "replicate_config"]
 
@@ -49,11 +42,6 @@ At 20 writes/s or fewer a control-socket round trip is cheap, and it spares a re
 after a lone write a sync's wait: 23.6 against 33.0 ms p50 from local files alone (`bench/prompt_txid.py`).
 Asked for every write, it cost a third of the throughput at 8 connections and 3-4 ms p50 at 1 on a loaded
 machine (`bench/primary_cost.py`, `forwarder, status`); hence a gap well above a busy client's."""
-
-POLL_INTERVAL = 0.001
-"""Seconds between stat() calls of the `-txid` file when inotify is not available."""
-
-_MAX_REMEMBERED_GARBAGE = 64
 
 
 class LitestreamEngine(Engine):
@@ -89,16 +77,8 @@ class LitestreamEngine(Engine):
         self.keeper = TxidKeeper(CoveringCheck(self.database))  # makes promise_position()'s answers exist
         self.quiet_gap = QUIET_GAP
         self._last_promise = 0.0
-        # Replica: the one watcher task and what it needs.
-        self._watcher: asyncio.Task[None] | None = None
-        self._inotify: Inotify | None = None
-        self._parent_watch: Any = None
-        self._generation_watch: Any = None
-        self._generation_dir: Path | None = None
-        self._txid_now = os.path.realpath(self.database) + "-txid"  # re-resolved on swaps: inotify keeps order
-        self._txid_mask: Any = None
-        self._garbage_seen: set[str] = set()
-        self._restored = False
+        # Replica: the follower's position, and the guard against writes by the app.
+        self._watch = TxidWatch(self.database, self._set_position)
         self._guard = FollowerGuard(self.database)
         self._guard_task: asyncio.Task[None] | None = None
 
@@ -113,7 +93,7 @@ class LitestreamEngine(Engine):
     @property
     def restored(self) -> bool:
         """On a replica: whether the follower has finished its (first, or latest) restore (`-txid` exists)."""
-        return self._role is Role.PRIMARY or self._restored
+        return self._role is Role.PRIMARY or self._watch.restored
 
     @property
     def problem(self) -> str | None:
@@ -131,13 +111,9 @@ class LitestreamEngine(Engine):
                 # Litestream may start after the app; the first /sync will tell if it never does.
                 logger.info("Litestream position not read at start (it stays 0 until the first sync): %s", exc)
             return
-        if self._watcher is not None:
+        if self._guard_task is not None:
             return
-        # Watch first, then read: a change between the two is then seen by the watcher.
-        watching = self._start_inotify()
-        self._refresh()
-        follow = self._follow_inotify() if watching else self._poll()
-        self._watcher = asyncio.create_task(follow, name=f"litestream-watch {self.txid_path}")
+        self._watch.start()
         if self._guard.start():
             self._guard_task = asyncio.create_task(self._check_guard(), name=f"litestream-guard {self.database}")
 
@@ -153,7 +129,8 @@ class LitestreamEngine(Engine):
         self.keeper.check.close()
         if self.covering is not None:
             self.covering.close()
-        tasks = [task for task in (self._watcher, self._syncer, self._guard_task) if task is not None]
+        await self._watch.aclose()
+        tasks = [task for task in (self._syncer, self._guard_task) if task is not None]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -162,8 +139,7 @@ class LitestreamEngine(Engine):
         for task in tasks:
             if not task.cancelled() and (error := task.exception()) is not None:
                 logger.error("%s had stopped on an error: %r", task.get_name(), error)
-        self._watcher = self._syncer = self._guard_task = None
-        self._close_inotify()
+        self._syncer = self._guard_task = None
         self._guard.close()
         if self._client is not None:
             await self._client.aclose()
@@ -272,128 +248,6 @@ class LitestreamEngine(Engine):
 
     # -- replica ------------------------------------------------------------------------------
 
-    def _start_inotify(self) -> bool:
-        try:
-            from asyncinotify import Inotify, Mask
-
-            inotify = Inotify()
-        except (ImportError, OSError, ValueError) as exc:
-            logger.info("inotify is not available (%s); polling %s every %gs", exc, self.txid_path, POLL_INTERVAL)
-            return False
-        try:
-            # The directory, not the file: Litestream replaces the file by rename, which a file watch would miss.
-            # DELETE: a re-restore removes `-txid` first, and the copy is not usable until it is back.
-            # MOVED_TO of the database's own name: a generation swap (the link renamed over).
-            self._txid_mask = Mask.MOVED_TO | Mask.CLOSE_WRITE | Mask.CREATE | Mask.DELETE
-            self._parent_watch = inotify.add_watch(self.txid_path.parent, self._txid_mask)
-        except OSError as exc:
-            inotify.close()
-            logger.info("cannot watch %s with inotify (%s); polling instead", self.txid_path.parent, exc)
-            return False
-        self._inotify = inotify
-        self._watch_generation()
-        return True
-
-    def current_txid_path(self) -> Path:
-        """The `-txid` of the file `database` is now (through a generation symlink), kept for `_read_txid`."""
-        self._txid_now = os.path.realpath(self.database) + "-txid"
-        return Path(self._txid_now)
-
-    def _watch_generation(self) -> None:
-        """Watch the directory of the generation the link points at now (if not the parent)."""
-        directory = self.current_txid_path().parent
-        if self._inotify is None or directory == self.txid_path.parent or directory == self._generation_dir:
-            return
-        old, self._generation_watch, self._generation_dir = self._generation_watch, None, None
-        if old is not None:
-            with suppress(OSError, ValueError, KeyError):
-                self._inotify.rm_watch(old)
-        try:
-            self._generation_watch = self._inotify.add_watch(directory, self._txid_mask)
-            self._generation_dir = directory
-        except OSError as exc:  # swapped again meanwhile: the next event of the parent re-resolves
-            logger.debug("cannot watch %s: %s", directory, exc)
-
-    async def _follow_inotify(self) -> None:
-        from asyncinotify import Mask
-
-        assert self._inotify is not None
-        names = {self.txid_path.name, self.database.name}
-        try:
-            while True:
-                event = await self._inotify.get()
-                if event.mask & Mask.IGNORED:
-                    if event.watch is self._parent_watch or self._parent_watch is None:
-                        break
-                    continue  # an old generation's directory was removed
-                # Lost events (queue overflow), or the database's name renamed (a swap): resolve the link anew.
-                if (lost := event.mask & Mask.Q_OVERFLOW) or (event.name is not None and str(event.name) in names):
-                    if lost or str(event.name) == self.database.name:
-                        self._watch_generation()
-                    self._refresh()
-        finally:
-            self._close_inotify()
-        logger.warning("the inotify watch on %s ended (directory removed?); polling instead", self.txid_path.parent)
-        await self._poll()
-
-    def _close_inotify(self) -> None:
-        if self._inotify is not None:
-            self._inotify.close()
-            self._inotify = None
-        self._parent_watch = self._generation_watch = self._generation_dir = None
-
-    async def _poll(self) -> None:
-        last: tuple[int, int, int] | None = None
-        self._refresh()
-        while True:
-            try:
-                st = os.stat(self.current_txid_path())
-                key: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_ino, st.st_size)
-            except FileNotFoundError:
-                key = None
-            if key != last:
-                last = key
-                self._refresh()
-            await asyncio.sleep(POLL_INTERVAL)
-
-    def _refresh(self) -> None:
-        """Re-read `-txid` and publish any change, higher or lower. Never raises."""
-        txid = self._read_txid()
-        if txid is None or txid == self._position:
-            return
-        if txid < self._position:
-            # The follower was wiped and restored again (or the primary's history restarted). Report
-            # it so listeners that care (Tracker.reset) can; Tracker.advance ignores it.
-            logger.info("replica position went back from %s to %s (follower re-restored)", self._position, txid)
-        self._set_position(txid)
-
     def _set_position(self, txid: Txid) -> None:
         self._position = txid
         self._publish_position(txid)
-
-    def _read_txid(self) -> Txid | None:
-        """The follower's position; 0 when it has not restored yet; None when the file holds garbage."""
-        try:
-            text = Path(self._txid_now).read_text(encoding="ascii", errors="replace")
-        except FileNotFoundError:
-            if self._restored:
-                logger.warning("%s is gone: the follower is restoring %s again", self.txid_path, self.database)
-            self._restored = False
-            return Txid(0)
-        except OSError as exc:
-            logger.warning("cannot read %s: %s; keeping position %s", self.txid_path, exc, self._position)
-            return None
-        content = text.strip()
-        if not content:
-            return None  # being written by something that does not rename into place; the next event has it
-        try:
-            txid = Txid.parse(content)
-        except InvalidTxid as exc:
-            if content not in self._garbage_seen:
-                if len(self._garbage_seen) >= _MAX_REMEMBERED_GARBAGE:
-                    self._garbage_seen.clear()
-                self._garbage_seen.add(content)
-                logger.warning("ignoring %s: %s; keeping position %s", self.txid_path, exc, self._position)
-            return None
-        self._restored = True
-        return txid

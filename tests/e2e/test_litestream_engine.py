@@ -297,7 +297,7 @@ async def test_garbage_in_the_txid_file_does_not_kill_the_watcher(
                 while engine.position != 7:
                     await anyio.sleep(0.005)
             assert seen[-1] == 7 and tracker.position == 9
-            watcher_task = engine._watcher
+            watcher_task = engine._watch._task
             assert watcher_task is not None and not watcher_task.done()
         assert watcher_task.done()  # aclose() stopped it
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

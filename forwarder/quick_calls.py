@@ -38,7 +38,9 @@ def _libc() -> Any | None:
         return None
     try:
         libc = ctypes.PyDLL(None, use_errno=True)
-        libc.poll.argtypes = [ctypes.POINTER(_PollFd), ctypes.c_ulong, ctypes.c_int]
+        # poll: no argtypes, the arguments are ctypes objects of the right types already (`QuickPoll`):
+        # converting them costs more than the call (1.0 against 0.5 µs a call).
+        libc.poll.restype = ctypes.c_int
         libc.access.argtypes = [ctypes.c_char_p, ctypes.c_int]
         libc.stat.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
         libc.pread.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_long]
@@ -49,6 +51,8 @@ def _libc() -> Any | None:
 
 
 _LIBC = _libc()
+_ONE_FD = ctypes.c_ulong(1)  # nfds_t
+_NO_WAIT = ctypes.c_int(0)  # timeout, ms
 
 
 def exists(path: str) -> bool:
@@ -91,7 +95,7 @@ class QuickPoll:
     def __init__(self, fd: int) -> None:
         self._entry = _PollFd(fd, select.POLLIN, 0)
         self._ref = ctypes.byref(self._entry)
-        self._poll: Callable[[Any, int, int], int] | None = None if _LIBC is None else _LIBC.poll
+        self._poll: Callable[..., int] | None = None if _LIBC is None else _LIBC.poll
         self._fallback: select.poll | None = None
         if self._poll is None:
             self._fallback = select.poll()
@@ -102,4 +106,4 @@ class QuickPoll:
             assert self._fallback is not None
             return bool(self._fallback.poll(0))
         # -1 (EINTR and the like) counts as ready: the caller's read then says what is there.
-        return bool(self._poll(self._ref, 1, 0))
+        return bool(self._poll(self._ref, _ONE_FD, _NO_WAIT))

@@ -1,9 +1,11 @@
 """What forwarder costs the primary: the same write app with and without it, at 1, 8 and 32 connections.
 
-Setups, all running for the whole benchmark (so each sees the same background load), each loaded
-in turn by one `wrk` thread of POSTs, the order rotating every round, all on the server stack the
-cluster's nodes run (`forwarder dev`: uvloop + h11; the baselines too, so the ratio is forwarder's
-and not the HTTP parser's):
+Setups, all started for the whole benchmark, each loaded in turn by one `wrk` thread of POSTs, the
+order rotating every round, all on the server stack the cluster's nodes run (`forwarder dev`:
+uvloop + h11; the baselines too, so the ratio is forwarder's and not the HTTP parser's). While
+one setup is loaded every other one is paused (SIGSTOP, its followers through their supervisors):
+each idle cluster's Litestream processes poll every 10 ms, and six of them loaded the 2 cores
+enough to swing even the `no txid` floor between 0.6 and 1.15 of `litestream` from row to row.
 
 - `bare`: `bench/apps/write_app.py` without forwarder (`BENCH_BARE=1`) on its own database;
 - `litestream`: the same bare app, its database replicated by `litestream replicate` (the dev
@@ -21,9 +23,9 @@ and not the HTTP parser's):
   candidate: the floor that shows how much of the primary's cost is the txid.
 
 The target: forwarder / litestream throughput >= 0.9 and p50 added < 1 ms, at every concurrency.
-`--setups` runs fewer forwarder setups (each cluster's idle Litestream processes load the machine
-too); `bare`, `litestream` and `forwarder` always run. `_litestream_seq` bumps are counted per
-forwarder setup: Litestream's after its checkpoints, and the keeper's.
+`--setups` runs fewer forwarder setups (a shorter run); `bare`, `litestream` and `forwarder` always
+run. `_litestream_seq` bumps are counted per forwarder setup: Litestream's after its checkpoints,
+and the keeper's.
 
     .venv/bin/python -m bench.primary_cost [--rounds 3 --seconds 2] [--setups "forwarder, exact" ...]
 """
@@ -32,16 +34,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
 import sqlite3
 import statistics
 import tempfile
+from collections.abc import Callable
 from contextlib import AsyncExitStack, closing
 from pathlib import Path
 from typing import Any
 
 from bench.local_cluster import local_cluster
-from bench.servers import uvicorn_server
+from bench.servers import SERVER_PIDS, uvicorn_server
 from bench.stats import report
 from bench.write_throughput import CONCURRENCY, wrk
 from forwarder.dev import Cluster
@@ -112,9 +117,27 @@ async def measure(rounds: int, seconds: float, setups: tuple[str, ...] = SETUPS)
                 if setup in CLUSTERS:
                     clusters[setup] = await stack.enter_async_context(local_cluster(1, env=CLUSTERS[setup]))
                     urls[setup] = clusters[setup].primary.url
+            pauses = _pausers(setups, urls, clusters, replicator, follower)
+            for _, resume in pauses.values():
+                stack.callback(resume)  # before anything is stopped, whatever happens (stop is LIFO)
+            for setup in setups:
+                pauses[setup][0]()
+
+            async def loaded(setup: str, connections: int, seconds: float) -> dict[str, Any]:
+                pauses[setup][1]()  # the others stay paused: only this setup and wrk run
+                await asyncio.sleep(0.2)  # its timers and its follower catch up on the time it was stopped
+                try:
+                    return await wrk([urls[setup]], connections, seconds)
+                finally:
+                    pauses[setup][0]()
+
             for setup in setups:  # warm up
-                await wrk([urls[setup]], 2, 1)
+                await loaded(setup, 2, 1)
+            for setup in setups:  # resumed while their files are read: a stopped writer could hold a lock
+                pauses[setup][1]()
             seq_before = {setup: _seq(on) for setup, on in clusters.items()}
+            for setup in setups:
+                pauses[setup][0]()
             rows = []
             for connections in CONCURRENCY:
                 runs: dict[str, list[dict[str, Any]]] = {setup: [] for setup in setups}
@@ -122,11 +145,56 @@ async def measure(rounds: int, seconds: float, setups: tuple[str, ...] = SETUPS)
                 for i in range(rounds):
                     order = setups[i % len(setups) :] + setups[: i % len(setups)]
                     for setup in order:
-                        runs[setup].append(await wrk([urls[setup]], connections, seconds))
+                        runs[setup].append(await loaded(setup, connections, seconds))
                 rows.append(_row(connections, runs, load, setups))
+            for setup in setups:
+                pauses[setup][1]()  # resumed to read their files
             # Litestream bumps `_litestream_seq` after its checkpoints, the keeper when it makes a promise exist.
             bumps = {setup: _seq(on) - seq_before[setup] for setup, on in clusters.items()}
             return {"rows": rows, "rounds": rounds, "seconds": seconds, "litestream_seq_bumps": bumps}
+
+
+Toggle = Callable[[], None]
+
+
+def _pausers(
+    setups: tuple[str, ...],
+    urls: dict[str, str],
+    clusters: dict[str, Cluster],
+    replicator: Replicator,
+    follower: Follower,
+) -> dict[str, tuple[Toggle, Toggle]]:
+    """(pause, resume) for each setup: SIGSTOP/SIGCONT of its processes, followers through their supervisors."""
+
+    def signals(pids: list[int | None], followers: list[Callable[[bool], None]]) -> tuple[Toggle, Toggle]:
+        def send(sig: signal.Signals, pause: bool) -> None:
+            for pid in pids:
+                if pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
+            for follow in followers:
+                follow(pause)
+
+        return (lambda: send(signal.SIGSTOP, True)), (lambda: send(signal.SIGCONT, False))
+
+    out: dict[str, tuple[Toggle, Toggle]] = {}
+    for setup in setups:
+        if setup == "bare":
+            out[setup] = signals([SERVER_PIDS[urls[setup]]], [])
+        elif setup == "litestream":
+            pids = [SERVER_PIDS[urls[setup]], replicator.process.pid if replicator.process else None]
+            out[setup] = signals(pids, [lambda pause: follower.pause() if pause else follower.resume()])
+        else:
+            cluster = clusters[setup]
+            pids = [cluster.primary.pid, cluster.replicator.process.pid if cluster.replicator.process else None]
+            pids += [node.pid for node in cluster.replicas]
+
+            def follow(pause: bool, cluster: Cluster = cluster) -> None:
+                for node in cluster.replicas:
+                    (cluster.pause_follower if pause else cluster.resume_follower)(node.id)
+
+            out[setup] = signals(pids, [follow])
+    return out
 
 
 def _seq(cluster: Cluster) -> int:

@@ -31,6 +31,10 @@ def process_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+SERVER_PIDS: dict[str, int] = {}
+"""The pid of each `uvicorn_server` running now, by the URL it yielded."""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -62,8 +66,10 @@ def uvicorn_server(app: str, env: Mapping[str, str], ready_path: str, *, like_no
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{app} did not start on port {port} (exit status {process.poll()})")
             time.sleep(0.05)
+        SERVER_PIDS[url] = process.pid
         yield url
     finally:
+        SERVER_PIDS.pop(url, None)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
         try:

@@ -164,7 +164,8 @@ def _primary_sections(results: dict[str, Any]) -> list[str]:
         out += [
             "**Primary cost** (the same write app: bare; with `litestream replicate` and a follower, no forwarder; "
             "as the primary of a forwarder cluster; the same with `POST /sync` per write as before; wrk POSTs, "
-            "one setup at a time, order rotating per round; every setup on the nodes' server stack, uvloop + h11)",
+            "one setup at a time with the others paused, order rotating per round; every setup on the nodes' "
+            "server stack, uvloop + h11)",
             "",
             table(rows, primary_cost.COLUMNS),
             "",

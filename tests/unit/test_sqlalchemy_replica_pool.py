@@ -14,7 +14,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from forwarder import Forwarder, MemoryEngine, MemoryLog, Role, Topology, Txid
-from forwarder.follower_lock import WriterProbe
+from forwarder.follower_lock import WriterProbe, is_wal_file
 from forwarder.sqlalchemy import _Binding, create_async_engine, create_engine
 from tests.sqlite_locks import eventually, follower_asking_for, free_for_the_follower
 
@@ -185,3 +185,26 @@ async def test_async_connections_are_shared_while_busy_and_closed_when_idle(tmp_
 def _no_leftover_reaper() -> Iterator[None]:
     yield
     assert eventually(lambda: not reaper_running(), 5.0)
+
+
+@pytest.mark.parametrize(
+    ("content", "wal"),
+    [
+        (None, False),  # missing
+        (b"", False),
+        (b"not a database at all, but long enough", False),
+        (b"SQLite format 3\x00\x10\x00\x01\x01" + bytes(80), False),  # rollback journal
+        (b"SQLite format 3\x00\x10\x00\x02\x02" + bytes(80), True),
+        (b"SQLite format 3\x00\x10\x00\x02", False),  # cut short
+    ],
+)
+def test_wal_mode_is_read_from_the_header(tmp_path: Path, content: bytes | None, wal: bool) -> None:
+    path = tmp_path / "app.db"
+    if content is not None:
+        path.write_bytes(content)
+    assert is_wal_file(str(path)) is wal
+
+
+def test_a_real_wal_database_header_says_wal(tmp_path: Path) -> None:
+    assert is_wal_file(str(make_db(tmp_path / "wal.db")))
+    assert not is_wal_file(str(make_db(tmp_path / "rollback.db", journal="DELETE")))

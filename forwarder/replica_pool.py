@@ -38,9 +38,10 @@ LINGER = 0.01
 follow interval, so a follower never waits longer for an idle pool than between two store polls."""
 
 _TICK = LINGER
-"""How often the file is looked at (by a checkin under load, else by the reaper) while connections may
-be idle. Every look and every wake-up costs the app's threads a GIL handoff: at 2 ms the SQLModel app on a replica lost 10 % of its read throughput
-(bench/sqlmodel_read.py), and a waiting follower never needs an answer sooner than its own interval."""
+"""How often the file is looked at (by a checkin under load, else by the reaper) while connections
+may be idle. Every look and every wake-up costs the app's threads a GIL handoff: at 2 ms the
+SQLModel app on a replica lost 10 % of its read throughput (bench/sqlmodel_read.py), and a waiting
+follower never needs an answer sooner than its own interval."""
 
 
 class IdlePool(Protocol):

@@ -15,6 +15,8 @@ import os
 import struct
 import threading
 
+from . import quick_calls
+
 __all__ = ["PENDING_BYTE", "FileId", "WriterProbe", "file_id", "is_wal_file"]
 
 PENDING_BYTE = 0x40000000
@@ -25,14 +27,7 @@ _FLOCK = struct.Struct("hhqqi4x")  # struct flock on Linux x86-64 and arm64: typ
 FileId = tuple[int, int]
 """A file's (device, inode): which generation of a replica's file a connection has open."""
 
-
-def file_id(path: str) -> FileId | None:
-    """The (device, inode) `path` names now (symlinks followed), or None if it does not exist."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_dev, stat.st_ino
+file_id = quick_calls.file_id  # the (device, inode) a path names now, the GIL kept (`quick_calls`)
 
 
 def is_wal_file(path: str) -> bool:

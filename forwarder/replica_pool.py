@@ -121,8 +121,9 @@ class ReplicaIdle:
         Under load the checkins do the looking, on threads that are running anyway, and the
         reaper only wakes: each look it makes costs the app's threads two GIL handoffs more.
         """
-        if self._reaper is not None and time.monotonic() - self._looked_at >= _TICK:
-            self._looked_at = time.monotonic()
+        now = time.monotonic()
+        if self._reaper is not None and now - self._looked_at >= _TICK:
+            self._looked_at = now
             self.file, self.wanted = self._look()
 
     def kept(self) -> None:
@@ -151,8 +152,9 @@ class ReplicaIdle:
             # and the reaper only sleeps again; quiet, it looks itself. A follower that starts
             # waiting is seen within 1.5 ticks either way.
             time.sleep(max(self._looked_at + 1.5 * _TICK - time.monotonic(), _TICK / 10))
-            if time.monotonic() - self._looked_at >= _TICK:
-                self._looked_at = time.monotonic()
+            now = time.monotonic()
+            if now - self._looked_at >= _TICK:
+                self._looked_at = now
                 seen = self._look()  # not under the lock: checkouts and checkins need it meanwhile
                 with self.lock:
                     self.file, self.wanted = seen

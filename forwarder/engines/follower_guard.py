@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..quick_calls import QuickPoll
+from .inotify_records import MODIFY, MOVED_TO, OVERFLOW, READ_SIZE, records
 
 if TYPE_CHECKING:
     from asyncinotify import Inotify
@@ -39,11 +39,6 @@ logger = logging.getLogger("forwarder.engines.litestream")
 
 CHECK_INTERVAL = 0.25
 """Seconds between the guard's own checks when no request asks."""
-
-# struct inotify_event (inotify(7)): wd, mask, cookie, len, then `len` bytes of NUL-padded name.
-_HEADER = struct.Struct("iIII")
-_MODIFY, _MOVED_TO, _OVERFLOW = 0x2, 0x80, 0x4000
-_READ_SIZE = 64 * 1024
 
 
 class FollowerGuard:
@@ -130,7 +125,7 @@ class FollowerGuard:
             return self.writes
         while poll.ready():
             try:
-                data = os.read(inotify.fd, _READ_SIZE)
+                data = os.read(inotify.fd, READ_SIZE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
@@ -143,20 +138,15 @@ class FollowerGuard:
         return self.writes
 
     def _parse(self, data: bytes) -> None:
-        offset = 0
-        while offset + _HEADER.size <= len(data):
-            wd, mask, _, length = _HEADER.unpack_from(data, offset)
-            offset += _HEADER.size
-            name = data[offset : offset + length].rstrip(b"\0")
-            offset += length
+        for wd, mask, name in records(data):
             current = wd == self._generation_wd or (wd == self._parent_wd and self._generation_wd == -1)
-            if mask & _OVERFLOW:
+            if mask & OVERFLOW:
                 # Records were lost: a write may be among them. Take the safe side.
                 self._seen_write("(inotify queue overflow)")
             # Read-only connections create an empty -wal; only a writer puts a frame in it.
-            elif current and ((name == self._wal_name and mask & _MODIFY) or name == self._journal_name):
+            elif current and ((name == self._wal_name and mask & MODIFY) or name == self._journal_name):
                 self._seen_write(name.decode(errors="replace"))
-            elif wd == self._parent_wd and name == self._db_name and mask & _MOVED_TO:
+            elif wd == self._parent_wd and name == self._db_name and mask & MOVED_TO:
                 self._follow_link()  # a restore renamed a new file (or a new generation's link) into place
                 if self._modified_at is not None:
                     self._replaced = True

@@ -111,7 +111,7 @@ class LitestreamEngine(Engine):
                 # Litestream may start after the app; the first /sync will tell if it never does.
                 logger.info("Litestream position not read at start (it stays 0 until the first sync): %s", exc)
             return
-        if self._guard_task is not None:
+        if self._watch.started:
             return
         self._watch.start()
         if self._guard.start():

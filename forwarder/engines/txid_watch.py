@@ -8,7 +8,7 @@ re-restore swaps the link), that directory too, moving to the new one on each sw
 is missing it polls the file's stat every `POLL_INTERVAL` instead.
 
 The events are read on the event loop as soon as the descriptor is readable and parsed from the
-kernel's records directly (`inotify(7)`): under forwarded writes the follower renames `-txid`
+kernel's records directly (`inotify_records`): under forwarded writes the follower renames `-txid`
 about a hundred times a second, and building an event object and a path for each record was
 about 6 % of a replica's time.
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import struct
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from ..exceptions import InvalidTxid
 from ..txid import Txid
+from .inotify_records import CLOSE_WRITE, CREATE, DELETE, IGNORED, MOVED_TO, OVERFLOW, READ_SIZE, records
 
 if TYPE_CHECKING:
     from asyncinotify import Inotify, Watch
@@ -39,14 +39,9 @@ POLL_INTERVAL = 0.001
 
 _MAX_REMEMBERED_GARBAGE = 64
 
-# struct inotify_event: wd, mask, cookie, len, then `len` bytes of NUL-padded name.
-_HEADER = struct.Struct("iIII")
-_CLOSE_WRITE, _MOVED_TO, _CREATE, _DELETE = 0x8, 0x80, 0x100, 0x200
-_OVERFLOW, _IGNORED = 0x4000, 0x8000
-_WATCHED = _MOVED_TO | _CLOSE_WRITE | _CREATE | _DELETE
+_WATCHED = MOVED_TO | CLOSE_WRITE | CREATE | DELETE
 # DELETE: a re-restore removes `-txid` first, and the copy is not usable until it is back.
 # MOVED_TO of the database's own name: a generation swap (the link renamed over).
-_READ_SIZE = 64 * 1024
 
 
 class TxidWatch:
@@ -68,6 +63,10 @@ class TxidWatch:
         self._generation_dir: str | None = None
         self._garbage_seen: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._task is not None
 
     def start(self) -> None:
         """Read the position and keep following it, in one task (on the running loop)."""
@@ -144,7 +143,7 @@ class TxidWatch:
 
         def readable() -> None:
             try:
-                data = os.read(fd, _READ_SIZE)
+                data = os.read(fd, READ_SIZE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -164,17 +163,13 @@ class TxidWatch:
 
     def _handle(self, data: bytes) -> bool:
         """Act on a batch of records; False once the watch on the parent directory has ended."""
-        offset, refresh, resolve = 0, False, False
-        while offset + _HEADER.size <= len(data):
-            wd, mask, _, length = _HEADER.unpack_from(data, offset)
-            offset += _HEADER.size
-            name = data[offset : offset + length].rstrip(b"\0")
-            offset += length
-            if mask & _IGNORED:
+        refresh = resolve = False
+        for wd, mask, name in records(data):
+            if mask & IGNORED:
                 if wd == self._parent_wd:
                     return False
                 continue  # an old generation's directory was removed
-            if mask & _OVERFLOW:
+            if mask & OVERFLOW:
                 refresh = resolve = True  # lost events: resolve the link anew
             elif name in self._names:
                 refresh = True

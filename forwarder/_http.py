@@ -9,10 +9,32 @@ from typing import Any
 
 import httpx
 
+from .channel.transport import ChannelTransport
+
 KEEPALIVE_EXPIRY = 2.0
 """Seconds an idle connection to another node is kept: under uvicorn's default `--timeout-keep-alive`
 (5), so a request never goes out on a connection the server is closing at that moment (which fails
 with "Server disconnected without sending a response", a write of unknown outcome)."""
+
+
+def primary_client(
+    url: str,
+    *,
+    timeout: httpx.Timeout,
+    transport: httpx.AsyncBaseTransport | None = None,
+    handshake: Callable[[], list[tuple[bytes, bytes]]] | None = None,
+) -> httpx.AsyncClient:
+    """The client a node sends everything for the primary with: `transport` when given (tests), else
+    pooled HTTP connections, behind the node channel when `handshake` signs its opening."""
+    if transport is None:
+        # Idle connections are dropped before uvicorn's own 5 s keep-alive timeout closes them:
+        # a request sent on a connection the primary is closing gets no answer, and for a write
+        # that is a 504 ("may have run") where nothing ran.
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE_EXPIRY)
+        transport = ShardedTransport(limits)
+        if handshake is not None:
+            transport = ChannelTransport(transport, handshake=handshake, max_streams=256)
+    return node_client(base_url=url, timeout=timeout, transport=transport)
 
 
 def node_client(**options: Any) -> httpx.AsyncClient:

@@ -11,6 +11,7 @@ ForwarderError
 ├── PrimaryUnavailable                   the primary cannot be reached (nothing was executed)
 ├── MustRunOnPrimary                     raised on a replica by a @primary_endpoint; the middleware forwards
 ├── OutcomeUnknown                       a request reached the primary but no answer came back
+├── ChannelProtocolError                 a node channel message that is not a frame (the channel closes)
 └── RPCError                             a call to a @primary_only function failed
     ├── RPCAuthError                     401: missing, forged, expired or replayed signature
     ├── UnknownFunction                  404: no function registered under that name
@@ -28,6 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "ChannelProtocolError",
     "ConfigurationError",
     "EngineError",
     "EngineUnavailable",
@@ -129,6 +131,14 @@ class OutcomeUnknown(ForwarderError):
     """A request was sent to the primary but no complete answer came back: it may have run.
 
     Forwarder never retries it, because a write must not run twice.
+    """
+
+
+class ChannelProtocolError(ForwarderError):
+    """A message on the node channel between two nodes is not a well-formed frame.
+
+    The node that received it closes the channel; requests in flight on it fail as they would on a
+    broken connection.
     """
 
 

@@ -8,13 +8,15 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from types import TracebackType
 from typing import Any
 
 import httpx
 
 from . import context
-from ._http import KEEPALIVE_EXPIRY, ShardedTransport, node_client
+from ._http import primary_client
+from .channel.transport import signed_handshake
 from .database import Database
 from .engines.base import Engine, PrimaryInfo, Role
 from .engines.factory import engine_from
@@ -83,6 +85,7 @@ class Forwarder:
         transport: httpx.AsyncBaseTransport | None = None,
         log_level: LogLevel | None = None,
         security: SecurityPolicy | None = None,
+        node_channel: bool = True,
     ) -> None:
         if topology.role is Role.REPLICA and not secret:
             raise ConfigurationError(
@@ -117,6 +120,8 @@ class Forwarder:
             else None
         )
         self.security = security or SecurityPolicy()
+        self.node_channel = node_channel
+        """Send forwarded requests and RPC calls over one websocket to the primary (`forwarder.channel`)."""
         self.signature_max_age = signature_max_age
         # RPC request ids already executed: in the replicated database, so restarts and failovers keep them.
         self.seen_calls: SeenCalls = seen_calls_for(self.database)
@@ -173,6 +178,7 @@ class Forwarder:
             transport=transport,
             log_level=settings.log_level,
             security=settings.security_policy(),
+            node_channel=settings.node_channel,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -271,13 +277,13 @@ class Forwarder:
                     f"node {self.topology.node_id} does not know the primary's URL; set FORWARDER_PRIMARY_URL "
                     "(or FLY_APP_NAME on Fly, so it can be derived from the primary's machine id)"
                 )
-            timeout = httpx.Timeout(self.forward_timeout, connect=self.connect_timeout)
-            # Idle connections are dropped before uvicorn's own 5 s keep-alive timeout closes them:
-            # a request sent on a connection the primary is closing gets no answer, and for a write
-            # that is a 504 ("may have run") where nothing ran.
-            limits = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE_EXPIRY)
-            transport = self._transport or ShardedTransport(limits)
-            self._client = node_client(base_url=url, timeout=timeout, transport=transport)
+            channel = self.node_channel and bool(self._secret)
+            self._client = primary_client(
+                url,
+                timeout=httpx.Timeout(self.forward_timeout, connect=self.connect_timeout),
+                transport=self._transport,
+                handshake=partial(signed_handshake, self._secret, self.topology.node_id) if channel else None,
+            )
             # The RPC client shares the pool, so it is rebuilt with it.
             self._rpc = RPCClient(self._client, self._secret, timeout=self.rpc_timeout)
         return self._client

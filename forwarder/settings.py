@@ -117,6 +117,8 @@ class ForwarderSettings(BaseSettings):
     """Seconds a client may leave its request body idle before a forward is cut off with 408."""
     max_streamed_uploads: int = Field(64, ge=1, validation_alias=_env("max_streamed_uploads"))
     """Forwarded bodies larger than FORWARDER_BUFFER_BODY streamed to the primary at once (pool: 256)."""
+    node_channel: bool = Field(True, validation_alias=_env("node_channel"))
+    """Send forwarded requests and RPC calls over one websocket to the primary; false: HTTP only."""
 
     @field_validator("read_methods", "passthrough", "always_forward", mode="before")
     @classmethod

@@ -92,6 +92,7 @@ async def connect_upstream(
         open_timeout=open_timeout,
         max_size=None,  # the app's own limits apply at the far end, as without a relay
         compression=None,  # on loopback or a private network compression only costs CPU
+        proxy=None,  # HTTP_PROXY is for the app's outbound traffic, not the private network
     )
 
 

@@ -9,6 +9,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import context
+from ..channel.server import serve_channel
+from ..channel.transport import CHANNEL_PATH
 from ..exceptions import ReplicationTimeout
 from ..logsafe import clean
 from ..policy import RoutingPolicy
@@ -314,6 +316,9 @@ class ForwarderMiddleware:
     # -- websockets ----------------------------------------------------------------------------
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == CHANNEL_PATH:  # a replica's requests, each run through this middleware again
+            await serve_channel(self, scope, receive, send, secret=self.forwarder.node_secret)
+            return
         route = classify("GET", scope["path"], self.policy)
         if self.forwarder.is_primary or route.kind in (Kind.PASSTHROUGH, Kind.INTERNAL):
             await self.app(scope, receive, send)

@@ -1,0 +1,197 @@
+"""`ChannelTransport`: requests to the primary over the node channel, or over HTTP when they cannot be.
+
+It is an httpx transport, so the proxy and the RPC client keep httpx's API and its error types, and
+`forwarder._errors` stays the one place they are translated. A request goes on the channel when its
+body is already whole (bytes, at most `MAX_BODY`): streamed uploads take the HTTP pool. A primary
+that refuses the channel (an older forwarder, or a server without websockets) is asked again
+after a minute; until then everything goes over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final
+
+import httpx
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+
+from ..exceptions import ChannelProtocolError
+from ..middleware.headers import FORWARDED_BY
+from ..node_headers import sign_node_headers
+from .client import Channel, ChannelBroken, Headers, Stream
+from .frames import RequestHead
+
+__all__ = ["CHANNEL_PATH", "MAX_BODY", "ChannelTransport", "signed_handshake"]
+
+logger = logging.getLogger("forwarder.channel")
+
+CHANNEL_PATH: Final = "/_forwarder/channel"
+ASK_AGAIN_AFTER: Final = 60.0
+"""Seconds after a primary refused the channel before this node asks it again."""
+MAX_BODY: Final = 1024 * 1024
+"""Largest request body sent on the channel (the default RPC limit; uvicorn takes 16 MiB messages)."""
+_MAX_MESSAGE: Final = 16 * 1024 * 1024  # a response head with every cookie still fits
+
+
+def signed_handshake(secret: bytes, node_id: str) -> Headers:
+    """The headers that open a channel: this node's id, signed with the cluster secret."""
+    return sign_node_headers(secret, "GET", CHANNEL_PATH, [(FORWARDED_BY, node_id.encode())])
+
+
+class ChannelTransport(httpx.AsyncBaseTransport):
+    """Send each request whose body is whole over one websocket to the primary, the rest to `fallback`.
+
+    `handshake()` returns the signed headers that open the channel (a node signs it with the
+    cluster secret: see `forwarder.channel.server`). At most `max_streams` requests are on the
+    channel at once; past that a request waits for a slot as long as httpx's pool timeout.
+    """
+
+    def __init__(
+        self,
+        fallback: httpx.AsyncBaseTransport,
+        *,
+        handshake: Callable[[], Headers],
+        max_streams: int = 256,
+    ) -> None:
+        self._fallback = fallback
+        self._handshake = handshake
+        self._slots = asyncio.Semaphore(max_streams)
+        self._opening = asyncio.Lock()
+        self._channel: Channel | None = None
+        self._refused_until = 0.0
+        self.refused_because: str | None = None
+        """Why the primary last refused the channel (None when it never did)."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not self._fits(request):
+            return await self._fallback.handle_async_request(request)
+        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
+        channel = await self._open(request.url, timeouts.get("connect"))
+        if channel is None:
+            return await self._fallback.handle_async_request(request)
+        await self._slot(timeouts.get("pool"))
+        try:
+            stream = await self._send(channel, request, timeouts.get("connect"))
+        except BaseException:
+            self._slots.release()
+            raise
+        read_timeout: float | None = timeouts.get("read")
+        try:
+            head = await stream.head(read_timeout)
+        except BaseException as exc:
+            await stream.aclose()
+            self._slots.release()
+            raise _translated(exc, "waiting for the response") from exc
+        return httpx.Response(
+            head.status,
+            headers=head.headers,
+            stream=_Body(stream, read_timeout, self._slots.release),
+            extensions={"http_version": b"HTTP/1.1"},
+        )
+
+    def _fits(self, request: httpx.Request) -> bool:
+        return (
+            isinstance(request.stream, httpx.ByteStream)
+            and len(request.content) <= MAX_BODY
+            and time.monotonic() >= self._refused_until
+        )
+
+    async def _slot(self, timeout: float | None) -> None:
+        if not self._slots.locked():
+            await self._slots.acquire()
+            return
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout)
+        except TimeoutError:
+            raise httpx.PoolTimeout("every slot on the node channel stayed busy") from None
+
+    async def _send(self, channel: Channel, request: httpx.Request, connect_timeout: float | None) -> Stream:
+        head = RequestHead(request.method, request.url.raw_path, list(request.headers.raw))
+        try:
+            return await channel.request(head, request.content)
+        except ChannelBroken:
+            pass  # it closed before the request left: nothing ran, so one fresh channel may carry it
+        fresh = await self._open(request.url, connect_timeout)
+        if fresh is None:
+            raise httpx.ConnectError("the node channel closed and the primary refuses a new one")
+        try:
+            return await fresh.request(head, request.content)
+        except ChannelBroken as exc:
+            raise httpx.ConnectError(f"the node channel closed before the request was sent ({exc})") from None
+
+    async def _open(self, url: httpx.URL, timeout: float | None) -> Channel | None:
+        channel = self._channel
+        if channel is not None and channel.is_open:
+            return channel
+        async with self._opening:
+            channel = self._channel
+            if channel is not None and channel.is_open:
+                return channel
+            if time.monotonic() < self._refused_until:
+                return None
+            target = url.copy_with(scheme="wss" if url.scheme == "https" else "ws", raw_path=CHANNEL_PATH.encode())
+            try:
+                self._channel = await Channel.open(
+                    str(target), self._handshake(), timeout=timeout or 10.0, max_size=_MAX_MESSAGE
+                )
+            except InvalidStatus as exc:
+                self._refuse(target, exc)
+                return None
+            except TimeoutError as exc:
+                raise httpx.ConnectTimeout(f"opening the node channel to {target}: no handshake in time") from exc
+            except (OSError, InvalidHandshake, InvalidURI) as exc:
+                raise httpx.ConnectError(f"opening the node channel to {target}: {exc}") from exc
+            return self._channel
+
+    def _refuse(self, target: httpx.URL, exc: InvalidStatus) -> None:
+        body = exc.response.body.decode("utf-8", "replace").strip()[:200] if exc.response.body else ""
+        self.refused_because = f"HTTP {exc.response.status_code}" + (f": {body}" if body else "")
+        self._refused_until = time.monotonic() + ASK_AGAIN_AFTER
+        logger.warning(
+            "the primary at %s refused the node channel (%s); forwarding over HTTP, asking again in %.0f s. "
+            "Run the same forwarder version and FORWARDER_SECRET on every node, and uvicorn with websockets "
+            "(uvicorn[standard]), or set FORWARDER_NODE_CHANNEL=false",
+            target,
+            self.refused_because,
+            ASK_AGAIN_AFTER,
+        )
+
+    async def aclose(self) -> None:
+        if self._channel is not None:
+            await self._channel.aclose()
+        await self._fallback.aclose()
+
+
+class _Body(httpx.AsyncByteStream):
+    """A response body arriving on the channel, its errors as httpx's."""
+
+    def __init__(self, stream: Stream, timeout: float | None, release: Callable[[], None]) -> None:
+        self._stream = stream
+        self._timeout = timeout
+        self._release: Callable[[], None] | None = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._stream.body(self._timeout):
+                yield chunk
+        except (ChannelBroken, ChannelProtocolError, TimeoutError) as exc:
+            raise _translated(exc, "reading the response body") from exc
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+        release = self._release
+        self._release = None
+        if release is not None:
+            release()
+
+
+def _translated(exc: BaseException, doing: str) -> BaseException:
+    """httpx's error for a failure on the channel after the request left (the outcome is unknown)."""
+    if isinstance(exc, TimeoutError):
+        return httpx.ReadTimeout(f"the primary did not answer on the node channel in time ({doing})")
+    if isinstance(exc, ChannelBroken | ChannelProtocolError):
+        return httpx.RemoteProtocolError(f"the node channel broke while {doing}: {exc}")
+    return exc

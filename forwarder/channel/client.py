@@ -12,9 +12,9 @@ import asyncio
 import itertools
 import logging
 from collections.abc import AsyncIterator
-from typing import Final
+from typing import Final, Protocol
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from ..exceptions import ChannelProtocolError
@@ -31,7 +31,7 @@ from .frames import (
     encode_request,
 )
 
-__all__ = ["WINDOW", "Channel", "ChannelBroken", "Headers"]
+__all__ = ["WINDOW", "Channel", "ChannelBroken", "Connection", "Headers", "Stream"]
 
 logger = logging.getLogger("forwarder.channel")
 
@@ -43,6 +43,19 @@ Headers = list[tuple[bytes, bytes]]
 _CLOSED: Final = Frame(Kind.RESET, 0, b"closed")  # put in every open stream's queue when the channel ends
 
 
+class Connection(Protocol):
+    """What the channel needs of a websocket client connection (`websockets`' `ClientConnection`).
+
+    `send` raises `ConnectionClosed` once the connection is closed; iterating ends with the close.
+    """
+
+    async def send(self, message: bytes) -> None: ...
+
+    def __aiter__(self) -> AsyncIterator[bytes | str]: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
 class ChannelBroken(Exception):
     """The channel ended, or the primary reset the stream, before the response was complete."""
 
@@ -50,16 +63,16 @@ class ChannelBroken(Exception):
 class Channel:
     """One open websocket to the primary's `/_forwarder/channel`, shared by every forwarded request."""
 
-    def __init__(self, connection: ClientConnection) -> None:
+    def __init__(self, connection: Connection) -> None:
         self._connection = connection
         self._streams: dict[int, asyncio.Queue[Frame]] = {}
         self._ids = itertools.count(1)
         self.closed_because: str | None = None
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
-    @classmethod
-    async def open(cls, url: str, headers: Headers, *, timeout: float, max_size: int) -> Channel:
-        """Connect to `url` (`ws://host:port/_forwarder/channel`) with the signed handshake `headers`.
+    @staticmethod
+    async def connect(url: str, headers: Headers, *, timeout: float, max_size: int) -> Connection:
+        """The websocket to `url` (`ws://host:port/_forwarder/channel`), opened with the signed `headers`.
 
         Raises what `websockets` raises: `InvalidStatus` when the primary refused the channel,
         `OSError` or `TimeoutError` when it could not be reached.
@@ -73,7 +86,7 @@ class Channel:
             compression=None,  # loopback or a private network: compression only costs CPU
             proxy=None,  # HTTP_PROXY is for the app's outbound traffic, not the private network
         )
-        return cls(connection)
+        return connection
 
     @property
     def is_open(self) -> bool:
@@ -108,6 +121,7 @@ class Channel:
 
     async def _read(self) -> None:
         reason = "the primary closed the channel"
+        close: tuple[int, str] | None = None
         try:
             async for message in self._connection:
                 if isinstance(message, str):
@@ -121,16 +135,19 @@ class Channel:
         except ChannelProtocolError as exc:
             reason = f"the primary broke the channel protocol: {exc}"
             logger.warning("%s; closing the channel", reason)
-            await self._connection.close(1002, str(exc)[:120])
+            close = (1002, str(exc)[:120])
         except Exception as exc:  # a websocket error, not the app's: every stream must hear of it
             reason = f"the channel to the primary failed ({type(exc).__name__}: {exc})"
             logger.warning("%s", reason)
-            await self._connection.close(1011)
+            close = (1011, "")
         finally:
+            # Every stream hears of it first: closing waits for the primary's side of the handshake.
             self.closed_because = reason
             for queue in self._streams.values():
                 queue.put_nowait(_CLOSED)
             self._streams.clear()
+        if close is not None:
+            await self._connection.close(*close)
 
     async def aclose(self) -> None:
         await self._connection.close()

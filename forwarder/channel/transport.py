@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
 import httpx
@@ -21,7 +21,7 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 from ..exceptions import ChannelProtocolError
 from ..middleware.headers import FORWARDED_BY
 from ..node_headers import sign_node_headers
-from .client import Channel, ChannelBroken, Headers, Stream
+from .client import Channel, ChannelBroken, Connection, Headers, Stream
 from .frames import RequestHead
 
 __all__ = ["CHANNEL_PATH", "MAX_BODY", "ChannelTransport", "signed_handshake"]
@@ -47,6 +47,8 @@ class ChannelTransport(httpx.AsyncBaseTransport):
     `handshake()` returns the signed headers that open the channel (a node signs it with the
     cluster secret: see `forwarder.channel.server`). At most `max_streams` requests are on the
     channel at once; past that a request waits for a slot as long as httpx's pool timeout.
+    `connect(url, headers, timeout)` opens the websocket (`websockets`' client; tests pass an
+    in-memory one).
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class ChannelTransport(httpx.AsyncBaseTransport):
         *,
         handshake: Callable[[], Headers],
         max_streams: int = 256,
+        connect: Callable[[str, Headers, float], Awaitable[Connection]] | None = None,
     ) -> None:
         self._fallback = fallback
         self._handshake = handshake
@@ -62,6 +65,7 @@ class ChannelTransport(httpx.AsyncBaseTransport):
         self._opening = asyncio.Lock()
         self._channel: Channel | None = None
         self._refused_until = 0.0
+        self._connect = connect or _websocket
         self.refused_because: str | None = None
         """Why the primary last refused the channel (None when it never did)."""
 
@@ -84,7 +88,10 @@ class ChannelTransport(httpx.AsyncBaseTransport):
         except BaseException as exc:
             await stream.aclose()
             self._slots.release()
-            raise _translated(exc, "waiting for the response") from exc
+            translated = _translated(exc, "waiting for the response")
+            if translated is exc:
+                raise  # cancelled, or not a channel failure
+            raise translated from exc
         return httpx.Response(
             head.status,
             headers=head.headers,
@@ -134,9 +141,7 @@ class ChannelTransport(httpx.AsyncBaseTransport):
                 return None
             target = url.copy_with(scheme="wss" if url.scheme == "https" else "ws", raw_path=CHANNEL_PATH.encode())
             try:
-                self._channel = await Channel.open(
-                    str(target), self._handshake(), timeout=timeout or 10.0, max_size=_MAX_MESSAGE
-                )
+                self._channel = Channel(await self._connect(str(target), self._handshake(), timeout or 10.0))
             except InvalidStatus as exc:
                 self._refuse(target, exc)
                 return None
@@ -163,6 +168,10 @@ class ChannelTransport(httpx.AsyncBaseTransport):
         if self._channel is not None:
             await self._channel.aclose()
         await self._fallback.aclose()
+
+
+async def _websocket(url: str, headers: Headers, timeout: float) -> Connection:
+    return await Channel.connect(url, headers, timeout=timeout, max_size=_MAX_MESSAGE)
 
 
 class _Body(httpx.AsyncByteStream):

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 
 import httpx
 from starlette.types import ASGIApp
 
 from forwarder import Forwarder, ForwarderMiddleware, MemoryEngine, MemoryLog, Registry, Role, Topology
+from forwarder.channel.client import Connection, Headers
+from forwarder.channel.transport import ChannelTransport, signed_handshake
 from forwarder.policy import RoutingPolicy
 
+from .channel_link import MemoryLink
+
 SECRET = "test-secret"
+
+CHANNEL_BY_DEFAULT = False
+"""What `two_nodes(channel=None)` does: a test module's fixture sets it to run its tests both ways."""
 
 
 @dataclass
@@ -23,6 +31,8 @@ class Nodes:
     replica_engine: MemoryEngine
     primary_app: ASGIApp
     replica_app: ASGIApp
+    links: list[MemoryLink] = field(default_factory=list)
+    """The node channels the replica opened (with `channel=True`), oldest first."""
 
     def client(self, app: ASGIApp) -> httpx.AsyncClient:
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
@@ -37,8 +47,10 @@ async def two_nodes(
     replication_timeout: float = 2.0,
     policy: RoutingPolicy | None = None,
     primary_region: str | None = "fra",
+    channel: bool | None = None,
 ) -> AsyncIterator[Nodes]:
-    """Start a primary and a replica around `make_app()`; the replica reaches the primary in-process."""
+    """Start a primary and a replica around `make_app()`; the replica reaches the primary in-process
+    (with `channel`, over node channels on in-memory websockets, HTTP for what cannot go on them)."""
     registry = registry or Registry()
     log = MemoryLog()
     primary = Forwarder(
@@ -49,6 +61,18 @@ async def two_nodes(
         policy=policy,
     )
     primary_app = ForwarderMiddleware(make_app(), forwarder=primary)
+    links: list[MemoryLink] = []
+
+    async def connect(url: str, headers: Headers, timeout: float) -> Connection:
+        link = MemoryLink(primary_app, headers)
+        links.append(link)
+        return await link.open()
+
+    http = primary_transport or httpx.ASGITransport(app=primary_app)
+    # A test that gives its own transport decides how the primary is (not) reached.
+    if (CHANNEL_BY_DEFAULT and primary_transport is None) if channel is None else channel:
+        handshake = partial(signed_handshake, SECRET.encode(), "node-r")
+        http = ChannelTransport(http, handshake=handshake, connect=connect)
     replica_engine = MemoryEngine(log, Role.REPLICA, primary_id="node-p")
     replica = Forwarder(
         engine=replica_engine,
@@ -64,8 +88,8 @@ async def two_nodes(
         registry=registry,
         replication_timeout=replication_timeout,
         policy=policy,
-        transport=primary_transport or httpx.ASGITransport(app=primary_app),
+        transport=http,
     )
     replica_app = ForwarderMiddleware(make_app(), forwarder=replica)
     async with primary, replica:
-        yield Nodes(log, primary, replica, replica_engine, primary_app, replica_app)
+        yield Nodes(log, primary, replica, replica_engine, primary_app, replica_app, links)

@@ -15,7 +15,7 @@ from forwarder.node_headers import sign_node_headers
 
 from .nodes import SECRET, Nodes, two_nodes
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("over_http_and_channel")]
 
 
 def echo_app(nodes_ref: list[Nodes]) -> Starlette:

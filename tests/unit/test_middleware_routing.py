@@ -20,7 +20,7 @@ from forwarder.policy import RoutingPolicy
 from .asgi import body_of, call, headers_of, http_scope, status_of
 from .nodes import SECRET, Nodes, two_nodes
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("over_http_and_channel")]
 
 FLY = (b"fly-client-ip", b"198.51.100.1")
 

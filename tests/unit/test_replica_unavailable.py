@@ -29,7 +29,7 @@ from forwarder.middleware.discovery import replica_unavailable
 from forwarder.policy import RoutingPolicy
 from forwarder.txid import Txid
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("over_http_and_channel")]
 
 SECRET = "test-secret"
 BUSY = 0.1

@@ -24,7 +24,7 @@ from forwarder.rpc.signing import sign
 
 from .nodes import SECRET, Nodes, two_nodes
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("over_http_and_channel")]
 
 
 class Note(BaseModel):

@@ -18,7 +18,7 @@ from forwarder.policy import RoutingPolicy
 
 from .nodes import Nodes, two_nodes
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("over_http_and_channel")]
 
 POLICY = RoutingPolicy(passthrough=("/local/*",))
 

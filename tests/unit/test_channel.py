@@ -1,0 +1,374 @@
+"""The node channel in-process: a replica's `ChannelTransport` and the primary's `serve_channel`
+(through the whole middleware) over in-memory websockets (`channel_link.MemoryLink`)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import anyio
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
+from websockets.exceptions import InvalidStatus
+
+from forwarder.channel import server
+from forwarder.channel.client import WINDOW, Connection, Headers
+from forwarder.channel.frames import MAX_CHUNK, Kind, RequestHead, decode, encode, encode_request
+from forwarder.channel.transport import CHANNEL_PATH, ChannelTransport, signed_handshake
+from forwarder.node_headers import sign_node_headers
+
+from .channel_link import MemoryLink
+from .nodes import SECRET, Nodes, two_nodes
+
+pytestmark = pytest.mark.anyio
+
+SIGNED = signed_handshake(SECRET.encode(), "node-r")
+
+
+def app(ref: list[Nodes], seen: list[Scope]) -> Starlette:
+    async def write(request: Request) -> Response:
+        seen.append(dict(request.scope))
+        ref[0].log.commit()
+        return JSONResponse({"body": (await request.body()).decode(), "query": str(request.query_params)}, 201)
+
+    async def stream(request: Request) -> Response:
+        size = int(request.query_params["size"])
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for offset in range(0, size, 16 * 1024):
+                yield bytes([offset // 16384 % 251]) * min(16 * 1024, size - offset)
+
+        return StreamingResponse(chunks(), status_code=201)
+
+    async def fail(request: Request) -> Response:
+        raise RuntimeError("the app failed")
+
+    return Starlette(
+        routes=[
+            Route("/things/{name}", write, methods=["POST"]),
+            Route("/stream", stream, methods=["POST"]),
+            Route("/fail", fail, methods=["POST"]),
+        ]
+    )
+
+
+def kinds(messages: list[bytes]) -> list[Kind]:
+    return [decode(m).kind for m in messages]
+
+
+async def test_forwarded_writes_and_rpc_calls_share_one_channel_and_the_primary_app_sees_the_request() -> None:
+    ref: list[Nodes] = []
+    seen: list[Scope] = []
+    async with two_nodes(lambda: app(ref, seen), channel=True) as nodes:
+        ref.append(nodes)
+        async with nodes.client(nodes.replica_app) as client:
+            for i in range(5):
+                task = asyncio.create_task(client.post(f"/things/caf%C3%A9?n={i}", content=f"body {i}"))
+                with anyio.fail_after(5):
+                    while nodes.log.head <= i:
+                        await asyncio.sleep(0.001)
+                    nodes.replica_engine.apply()
+                    response = await task
+                assert response.status_code == 201, response.text
+                assert response.json() == {"body": f"body {i}", "query": f"n={i}"}
+                assert response.headers["forwarder-forwarded"] == "proxy"
+        (link,) = nodes.links
+        assert kinds(link.sent_by_client) == [Kind.REQUEST] * 5
+        assert kinds(link.sent_by_server) == [Kind.WHOLE] * 5
+    scope = seen[0]
+    assert scope["path"] == "/things/café" and scope["raw_path"] == b"/things/caf%C3%A9"
+    assert scope["query_string"] == b"n=0" and scope["method"] == "POST" and scope["scheme"] == "http"
+    assert scope["client"] == ("10.0.0.2", 40000), "the primary sees the replica as the peer, as over HTTP"
+    assert scope["state"] == {"from_lifespan": True}
+    headers = dict(scope["headers"])
+    assert headers[b"forwarder-forwarded-by"] == b"node-r", "the replica's signed node headers arrive and check out"
+    assert all(k == k.lower() for k, _ in scope["headers"])
+
+
+@pytest.mark.parametrize(
+    "handshake, cause",
+    [
+        ([], "no valid node signature"),
+        (signed_handshake(b"not-the-secret", "node-r"), "no valid node signature"),
+        (sign_node_headers(SECRET.encode(), "GET", "/elsewhere", [(b"forwarder-forwarded-by", b"r")]), "no valid"),
+        (sign_node_headers(SECRET.encode(), "GET", CHANNEL_PATH, [(b"forwarder-forwarded-by", b"r")], now=1), "no"),
+    ],
+    ids=["unsigned", "forged", "other path", "stale"],
+)
+async def test_a_handshake_no_node_signed_is_refused_with_403_naming_the_cause(handshake: Headers, cause: str) -> None:
+    async with two_nodes(Starlette) as nodes:
+        with pytest.raises(InvalidStatus) as refused:
+            await MemoryLink(nodes.primary_app, handshake).open()
+    assert refused.value.response.status_code == 403
+    assert cause in refused.value.response.body.decode()
+    assert "signed with the cluster secret" in refused.value.response.body.decode()
+
+
+async def test_a_node_without_a_secret_refuses_every_channel() -> None:
+    from forwarder import Forwarder, ForwarderMiddleware, MemoryEngine, MemoryLog, Role, Topology
+
+    primary = Forwarder(engine=MemoryEngine(MemoryLog(), Role.PRIMARY), topology=Topology("p", "fra", Role.PRIMARY))
+    async with primary:
+        with pytest.raises(InvalidStatus) as refused:
+            await MemoryLink(ForwarderMiddleware(Starlette(), forwarder=primary), SIGNED).open()
+    assert refused.value.response.status_code == 403
+    assert b"no FORWARDER_SECRET" in refused.value.response.body
+
+
+async def opened(nodes: Nodes) -> MemoryLink:
+    return await MemoryLink(nodes.primary_app, signed_handshake(SECRET.encode(), "node-r")).open()
+
+
+async def answer(link: MemoryLink) -> list[bytes]:
+    """Every message the primary sends until it closes the link."""
+    out = []
+    with anyio.fail_after(5):
+        async for message in link:
+            assert isinstance(message, bytes)
+            out.append(message)
+    return out
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x01\x00",
+        b"\x63\x00\x00\x00\x01",
+        encode(Kind.START, 1, b"{}"),
+        encode(Kind.REQUEST, 1, b"\x00\x00\x00\x09{}"),
+    ],
+    ids=["short", "unknown kind", "a primary's kind", "bad head"],
+)
+async def test_a_frame_that_is_not_one_closes_the_channel_with_1002(garbage: bytes) -> None:
+    async with two_nodes(Starlette) as nodes:
+        link = await opened(nodes)
+        await link.send(garbage)
+        with pytest.raises(Exception, match="1002"):
+            await answer(link)
+        assert link.close_code == 1002
+
+
+async def test_a_stream_id_already_running_closes_the_channel() -> None:
+    async def slow(scope: Scope, receive: Receive, send: Send) -> None:
+        await asyncio.sleep(10)
+
+    async with two_nodes(lambda: slow) as nodes:
+        link = await opened(nodes)
+        request = encode_request(7, RequestHead("GET", b"/x", [(b"host", b"p")]), b"")
+        await link.send(request)
+        await link.send(request)
+        with anyio.fail_after(5):
+            while link.close_code is None:
+                await asyncio.sleep(0.001)
+        assert link.close_code == 1002
+        assert link.task is not None
+        link.task.cancel()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [(b"x-evil", b"a\r\nset-cookie: b=1"), (b"bad name", b"v"), (b"x", b"nul\x00")],
+    ids=["CRLF in a value", "space in a name", "NUL"],
+)
+async def test_a_header_http_would_refuse_is_refused_on_the_channel(header: tuple[bytes, bytes]) -> None:
+    async with two_nodes(Starlette) as nodes:
+        link = await opened(nodes)
+        await link.send(encode_request(1, RequestHead("GET", b"/x", [(b"host", b"p"), header]), b""))
+        with pytest.raises(Exception, match="1002"):
+            await answer(link)
+
+
+async def test_a_long_response_is_sent_only_as_fast_as_the_replica_reads_it() -> None:
+    ref: list[Nodes] = []
+    size = 8 * WINDOW
+    async with two_nodes(lambda: app(ref, []), channel=True) as nodes:
+        ref.append(nodes)
+        request = nodes.replica.client.build_request("POST", "/stream", params={"size": size}, content=b"")
+        with anyio.fail_after(10):
+            response = await nodes.replica.client.send(request, stream=True)
+            (link,) = nodes.links
+            await asyncio.sleep(0.1)  # the primary has had every chance to run ahead
+            sent = sum(len(decode(m).payload) for m in link.sent_by_server[1:])
+            assert sent <= WINDOW + MAX_CHUNK, f"{sent} bytes sent before the replica read any"
+            body = b"".join([chunk async for chunk in response.aiter_raw()])
+            await response.aclose()
+    assert len(body) == size
+    assert body[16384 * 5 : 16384 * 5 + 3] == b"\x05\x05\x05"
+    credits = [decode(m) for m in link.sent_by_client if decode(m).kind is Kind.CREDIT]
+    assert credits, "the replica moved the window as it read"
+
+
+async def test_a_replica_that_stops_reading_is_heard_by_the_app_as_a_disconnect() -> None:
+    heard: list[Message] = []
+
+    async def waits(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        heard.append(await receive())
+
+    async with two_nodes(lambda: waits, channel=True) as nodes:
+        request = nodes.replica.client.build_request("POST", "/things/x", content=b"")
+        with anyio.fail_after(5):
+            response = await nodes.replica.client.send(request, stream=True)
+            async for chunk in response.aiter_raw():
+                assert chunk == b"first"
+                break
+            await response.aclose()
+            while not heard:
+                await asyncio.sleep(0.001)
+        (link,) = nodes.links
+        assert Kind.CANCEL in kinds(link.sent_by_client)
+    assert heard == [{"type": "http.disconnect"}]
+
+
+async def test_an_app_that_raises_answers_500_and_one_that_breaks_off_resets_the_stream() -> None:
+    async def breaks(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        raise RuntimeError("broke off")
+
+    ref: list[Nodes] = []
+    async with two_nodes(lambda: app(ref, []), channel=True) as nodes:
+        ref.append(nodes)
+        failed = await nodes.replica.client.post("/fail", content=b"")
+        assert failed.status_code == 500
+    async with two_nodes(lambda: breaks, channel=True) as nodes:
+        with pytest.raises(httpx.RemoteProtocolError, match="broke the response off"):
+            await nodes.replica.client.post("/things/x", content=b"")
+
+
+async def test_past_the_stream_limit_a_request_is_answered_503(monkeypatch: pytest.MonkeyPatch) -> None:
+    release = asyncio.Event()
+
+    async def slow(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await release.wait()
+            await PlainTextResponse("done")(scope, receive, send)
+
+    monkeypatch.setattr(server, "MAX_STREAMS", 2)
+    async with two_nodes(lambda: slow) as nodes:
+        link = await opened(nodes)
+        for stream in (1, 2, 3):
+            await link.send(encode_request(stream, RequestHead("GET", b"/x", [(b"host", b"p")]), b""))
+        with anyio.fail_after(5):
+            first = decode(await link.to_client.get())
+        assert first.stream == 3 and first.kind is Kind.WHOLE
+        assert b'"s":503' in first.payload and b"too many requests" in first.payload
+        release.set()
+        with anyio.fail_after(5):
+            rest = {decode(await link.to_client.get()).stream for _ in range(2)}
+        assert rest == {1, 2}
+        await link.close()
+
+
+async def test_a_primary_that_refuses_the_channel_is_reached_over_http_and_asked_again_only_later() -> None:
+    opened_at: list[float] = []
+
+    async def refuse(url: str, headers: Headers, timeout: float) -> Connection:
+        opened_at.append(time.monotonic())
+        from websockets.datastructures import Headers as WSHeaders
+        from websockets.http11 import Response as WSResponse
+
+        raise InvalidStatus(WSResponse(404, "Not Found", WSHeaders(), b"Not Found"))
+
+    def over_http(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(201, json={"over": "http"})
+
+    transport = ChannelTransport(httpx.MockTransport(over_http), handshake=lambda: SIGNED, connect=refuse)
+    async with httpx.AsyncClient(transport=transport, base_url="http://primary") as client:
+        for _ in range(3):
+            response = await client.post("/things", content=b"x")
+            assert response.json() == {"over": "http"}
+    assert len(opened_at) == 1, "asked once, then HTTP until ASK_AGAIN_AFTER"
+    assert transport.refused_because == "HTTP 404: Not Found"
+
+
+async def test_a_primary_that_cannot_be_reached_is_a_connect_error_and_a_streamed_body_takes_http() -> None:
+    async def unreachable(url: str, headers: Headers, timeout: float) -> Connection:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    def over_http(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(201, json={"size": len(request.read())})
+
+    transport = ChannelTransport(httpx.MockTransport(over_http), handshake=lambda: SIGNED, connect=unreachable)
+    async with httpx.AsyncClient(transport=transport, base_url="http://primary") as client:
+        with pytest.raises(httpx.ConnectError, match="Connection refused"):
+            await client.post("/things", content=b"x")
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"a" * 1000
+            yield b"b" * 1000
+
+        streamed = await client.post("/upload", content=body())
+    assert streamed.json() == {"size": 2000}
+
+
+async def test_a_channel_that_closed_before_the_request_left_is_opened_again_once() -> None:
+    ref: list[Nodes] = []
+    async with two_nodes(lambda: app(ref, []), channel=True) as nodes:
+        ref.append(nodes)
+        task = asyncio.create_task(nodes.replica.client.post("/things/a", content=b"1"))
+        with anyio.fail_after(5):
+            while nodes.log.head < 1:
+                await asyncio.sleep(0.001)
+            nodes.replica_engine.apply()
+            assert (await task).status_code == 201
+            await nodes.links[0].close()
+            task = asyncio.create_task(nodes.replica.client.post("/things/b", content=b"2"))
+            while nodes.log.head < 2:
+                await asyncio.sleep(0.001)
+            nodes.replica_engine.apply()
+            assert (await task).status_code == 201
+        assert len(nodes.links) == 2
+
+
+async def test_a_channel_that_breaks_mid_request_is_a_504_that_says_the_write_may_have_run() -> None:
+    started = asyncio.Event()
+
+    async def hangs(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            started.set()
+            await asyncio.sleep(10)
+
+    async with two_nodes(lambda: hangs, channel=True) as nodes:
+        async with nodes.client(nodes.replica_app) as client:
+            task = asyncio.create_task(client.post("/things", content=b"x"))
+            with anyio.fail_after(5):
+                await started.wait()
+                nodes.links[0]._close(1006)  # the primary's process died
+                response = await task
+            assert nodes.links[0].task is not None
+            nodes.links[0].task.cancel()
+    assert response.status_code == 504
+    assert "may have been executed" in response.text
+
+
+async def test_a_primary_that_sends_garbage_fails_every_open_stream_and_the_next_request_opens_a_new_channel() -> None:
+    started = asyncio.Event()
+
+    async def hangs(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            started.set()
+            await asyncio.sleep(10)
+
+    async with two_nodes(lambda: hangs, channel=True) as nodes:
+        task = asyncio.create_task(nodes.replica.client.post("/things", content=b"x"))
+        with anyio.fail_after(5):
+            await started.wait()
+            nodes.links[0].server_sends(b"\x09garbage")
+            with pytest.raises(httpx.RemoteProtocolError, match="broke the channel protocol"):
+                await task
+        assert nodes.links[0].close_code == 1002
+        assert nodes.links[0].task is not None
+        nodes.links[0].task.cancel()

@@ -257,7 +257,8 @@ class _ServerChannel:
 def _log_access(scope: Scope, status: int) -> None:
     # The requests on a channel never pass through the server's own access log: one line each, in
     # uvicorn's format and logger, so the primary's log still shows every request it served.
-    if access_logger.isEnabledFor(logging.INFO):
+    # `--no-access-log` leaves that logger without handlers: then no record is even made.
+    if access_logger.isEnabledFor(logging.INFO) and access_logger.hasHandlers():
         query = scope["query_string"]
         target = scope["path"] + ("?" + query.decode("ascii", "replace") if query else "")
         access_logger.info('%s - "%s %s HTTP/%s" %d', _peer(scope), scope["method"], target, "1.1", status)

@@ -372,3 +372,16 @@ async def test_a_primary_that_sends_garbage_fails_every_open_stream_and_the_next
         assert nodes.links[0].close_code == 1002
         assert nodes.links[0].task is not None
         nodes.links[0].task.cancel()
+
+
+async def test_each_request_on_the_channel_gets_an_access_log_line_in_uvicorns_format(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ref: list[Nodes] = []
+    async with two_nodes(lambda: app(ref, []), channel=True) as nodes:
+        ref.append(nodes)
+        with caplog.at_level("INFO", logger="uvicorn.access"):
+            response = await nodes.replica.client.post("/things/x?a=1", content=b"")
+    assert response.status_code == 201
+    lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.access"]
+    assert lines == ['10.0.0.2:40000 - "POST /things/x?a=1 HTTP/1.1" 201']

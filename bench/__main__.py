@@ -17,6 +17,7 @@ from bench import (
     commit_position,
     engine_lag,
     forwarded_write,
+    node_channel,
     primary_cost,
     profile_hop,
     read_path,
@@ -65,6 +66,10 @@ def main() -> None:
     print("SQLModel read...", flush=True)
     results["sqlmodel_read"] = sqlmodel_read.run(2 if args.quick else 8, 2, 16, max_rounds=2 if args.quick else 30)
     results.update(asyncio.run(cluster_benchmarks(args.quick)))
+    print("node channel against HTTP...", flush=True)
+    results["node_channel"] = asyncio.run(
+        node_channel.run(1 if args.quick else 2, 2 if args.quick else 3, 40 if args.quick else 200)
+    )
     print("commit position candidates...", flush=True)
     results["commit_position"] = commit_position.run(20 if args.quick else 150)
     print("primary cost...", flush=True)
@@ -147,6 +152,7 @@ def render(results: dict[str, Any]) -> str:
             "",
             table(throughput, write_throughput.COLUMNS),
             "",
+            *_channel_section(results.get("node_channel")),
             f"**Where a forwarded write's CPU goes** (py-spy --gil at {profile['rate']} Hz, {profile['writes']} "
             "writes one at a time; CPU from /proc)",
             "",
@@ -188,6 +194,21 @@ def _primary_sections(results: dict[str, Any]) -> list[str]:
             "",
         ]
     return out
+
+
+def _channel_section(channel: dict[str, Any] | None) -> list[str]:
+    if not channel:
+        return []
+    return [
+        "**Node channel against HTTP** (two clusters of a primary and two replicas, one with "
+        "`FORWARDER_NODE_CHANNEL=false`; latency: one write to each per round, shuffled, ms; throughput: wrk "
+        "from both replicas, the other cluster paused)",
+        "",
+        table(channel["latency"], ["measure", *LATENCY]),
+        "",
+        table(channel["rows"], list(channel["rows"][0])),
+        "",
+    ]
 
 
 def _uvloop_wake(many: dict[str, Any] | None) -> list[str]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -63,3 +66,17 @@ def cpu_used(before: dict[str, dict[int, float]], after: dict[str, dict[int, flo
         group: sum(after[group][pid] - before[group][pid] for pid in after[group] if pid in before.get(group, {}))
         for group in after
     }
+
+
+def pause_cluster(cluster: Cluster, pause: bool) -> None:
+    """SIGSTOP (or SIGCONT) every app and Litestream process of `cluster`, its followers through their
+    supervisors (so the watchdog does not take a paused follower for a stalled one): an idle
+    cluster's pollers load a 2-core machine enough to skew what another cluster measures."""
+    replicator = cluster.replicator.process
+    pids = [cluster.primary.pid, replicator.pid if replicator else None, *(node.pid for node in cluster.replicas)]
+    for pid in pids:
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP if pause else signal.SIGCONT)
+    for node in cluster.replicas:
+        (cluster.pause_follower if pause else cluster.resume_follower)(node.id)

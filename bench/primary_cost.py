@@ -42,10 +42,11 @@ import statistics
 import tempfile
 from collections.abc import Callable
 from contextlib import AsyncExitStack, closing
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.local_cluster import local_cluster
+from bench.local_cluster import local_cluster, pause_cluster
 from bench.servers import SERVER_PIDS, uvicorn_server
 from bench.stats import report
 from bench.write_throughput import CONCURRENCY, wrk
@@ -185,15 +186,7 @@ def _pausers(
             pids = [SERVER_PIDS[urls[setup]], replicator.process.pid if replicator.process else None]
             out[setup] = signals(pids, [lambda pause: follower.pause() if pause else follower.resume()])
         else:
-            cluster = clusters[setup]
-            pids = [cluster.primary.pid, cluster.replicator.process.pid if cluster.replicator.process else None]
-            pids += [node.pid for node in cluster.replicas]
-
-            def follow(pause: bool, cluster: Cluster = cluster) -> None:
-                for node in cluster.replicas:
-                    (cluster.pause_follower if pause else cluster.resume_follower)(node.id)
-
-            out[setup] = signals(pids, [follow])
+            out[setup] = (partial(pause_cluster, clusters[setup], True), partial(pause_cluster, clusters[setup], False))
     return out
 
 

@@ -16,7 +16,10 @@ What it checks, in order (a step that cannot run without the one before is skipp
    - LiteFS: the mount exists, `<db>-pos` and `.primary` (when present) hold what LiteFS writes,
      and the API answers `GET /info`;
 3. from a replica, the primary answers `GET /_forwarder/health` (skipped with `primary=False`,
-   as at start-up, when a replica must start even if the primary is down for a moment).
+   as at start-up, when a replica must start even if the primary is down for a moment), and
+   accepts this node's signed node-channel handshake: a `403` there means the two nodes hold
+   different secrets, which also breaks RPC and node headers. A primary that does not serve the
+   channel at all is no problem: forwards then go over HTTP.
 """
 
 from __future__ import annotations
@@ -28,7 +31,11 @@ from typing import Any
 
 import httpx
 from pydantic import ValidationError
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
+from .channel.client import Channel
+from .channel.server import REFUSAL
+from .channel.transport import CHANNEL_PATH, signed_handshake
 from .engines.litefs_files import PRIMARY_FILE, Unreadable, parse_pos, pos_file, read_pos_text, read_primary
 from .exceptions import ConfigurationError, EngineError, InvalidTxid
 from .settings import ForwarderSettings
@@ -77,6 +84,8 @@ async def check_node(
         url = _primary_url(settings)
         if url is not None:
             problems += await _primary(url, timeout)
+            if not problems and settings.node_channel and settings.secret is not None:
+                problems += await _channel(url, settings.secret.get_secret_value(), settings.node_id, timeout)
     return problems
 
 
@@ -198,4 +207,25 @@ async def _primary(url: str, timeout: float) -> list[str]:
         return [
             f"the node at {url} is a {data.get('role')}, not the primary: point FORWARDER_PRIMARY_URL at the primary"
         ]
+    return []
+
+
+async def _channel(url: str, secret: str, node_id: str, timeout: float) -> list[str]:
+    target = httpx.URL(url).copy_with(raw_path=CHANNEL_PATH.encode())
+    target = target.copy_with(scheme="wss" if target.scheme == "https" else "ws")
+    try:
+        connection = await Channel.connect(
+            str(target), signed_handshake(secret.encode(), node_id), timeout=timeout, max_size=1024
+        )
+    except InvalidStatus as exc:
+        body = exc.response.body.decode("utf-8", "replace").strip()[:200] if exc.response.body else ""
+        if exc.response.status_code != 403 or not body.startswith(REFUSAL):
+            return []  # no channel served there (a bare 403 is any ASGI app's unknown websocket): HTTP then
+        return [
+            f"the primary at {url} refused this node's signed channel handshake (403: {body}): "
+            "set the same FORWARDER_SECRET on every node"
+        ]
+    except (OSError, TimeoutError, InvalidHandshake, InvalidURI):
+        return []  # the health check above reached it; the channel is optional
+    await connection.close()
     return []

@@ -35,13 +35,16 @@ from .frames import (
     encode_whole,
 )
 
-__all__ = ["MAX_STREAMS", "serve_channel"]
+__all__ = ["MAX_STREAMS", "REFUSAL", "serve_channel"]
 
 logger = logging.getLogger("forwarder.channel")
 access_logger = logging.getLogger("uvicorn.access")
 
 MAX_STREAMS: Final = 512
 """Requests one channel may have running at once; past that a request is answered 503."""
+
+REFUSAL: Final = "a node channel needs a handshake signed with the cluster secret"
+"""How the body of a refused handshake starts (`forwarder check` tells it from any other 403)."""
 
 _BUSY = (503, b"the primary has too many requests running on this node channel; retry shortly\n")
 _FAILED = (500, b"Internal Server Error")
@@ -53,7 +56,7 @@ async def serve_channel(app: ASGIApp, scope: Scope, receive: Receive, send: Send
     if not secret or not signed:
         why = "this node has no FORWARDER_SECRET" if not secret else "the handshake carries no valid node signature"
         logger.warning("refused a node channel from %s: %s", _peer(scope), why)
-        await _deny(scope, send, f"a node channel needs a handshake signed with the cluster secret: {why}")
+        await _deny(scope, send, f"{REFUSAL}: {why}")
         return
     if (await receive())["type"] != "websocket.connect":
         return

@@ -215,6 +215,34 @@ async def test_a_replica_pointed_at_another_replica(tmp_path: Path) -> None:
     one(found, f"the node at {url} is a replica, not the primary")
 
 
+@asynccontextmanager
+async def forwarder_primary(secret: str | None) -> AsyncIterator[str]:
+    from forwarder import Forwarder, ForwarderMiddleware, MemoryEngine, MemoryLog, Role, Topology
+
+    node = Forwarder(
+        engine=MemoryEngine(MemoryLog(), Role.PRIMARY), topology=Topology("p", "fra", Role.PRIMARY), secret=secret
+    )
+    async with serve_edge(ForwarderMiddleware(Starlette(), forwarder=node)) as url:
+        yield url
+
+
+async def test_a_replica_whose_primary_holds_the_same_secret_is_fine(tmp_path: Path) -> None:
+    async with forwarder_primary(SECRET["FORWARDER_SECRET"]) as url:
+        assert await check_node(_with_primary(tmp_path, url)) == []
+
+
+async def test_a_replica_whose_primary_holds_another_secret_is_told_so(tmp_path: Path) -> None:
+    async with forwarder_primary("another secret") as url:
+        found = await check_node(_with_primary(tmp_path, url))
+    one(found, f"the primary at {url} refused this node's signed channel handshake", "the same FORWARDER_SECRET")
+
+
+async def test_a_replica_whose_primary_has_no_secret_is_told_so(tmp_path: Path) -> None:
+    async with forwarder_primary(None) as url:
+        found = await check_node(_with_primary(tmp_path, url))
+    one(found, "refused this node's signed channel handshake", "no FORWARDER_SECRET")
+
+
 async def test_no_primary_skips_the_primary(tmp_path: Path) -> None:
     assert await check_node(_with_primary(tmp_path, "http://127.0.0.1:1"), primary=False) == []
 

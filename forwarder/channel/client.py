@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable
 from typing import Final, Protocol
 
 from websockets.asyncio.client import connect
@@ -38,6 +39,11 @@ logger = logging.getLogger("forwarder.channel")
 WINDOW: Final = 256 * 1024
 """Response bytes the primary may send on one stream before the replica has read them."""
 
+IDLE: Final = 2.0
+"""Seconds without a message from the primary after which the channel is pinged before a request
+goes on it (the HTTP pool's keep-alive expiry): a primary that vanished is then a `503` after the
+connect timeout, as a new connection would be, not a `504` after the whole forward timeout."""
+
 Headers = list[tuple[bytes, bytes]]
 
 _CLOSED: Final = Frame(Kind.RESET, 0, b"closed")  # put in every open stream's queue when the channel ends
@@ -55,6 +61,8 @@ class Connection(Protocol):
 
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
 
+    async def ping(self) -> Awaitable[float]: ...
+
 
 class ChannelBroken(Exception):
     """The channel ended, or the primary reset the stream, before the response was complete."""
@@ -68,6 +76,8 @@ class Channel:
         self._streams: dict[int, asyncio.Queue[Frame]] = {}
         self._ids = itertools.count(1)
         self.closed_because: str | None = None
+        self.last_heard = time.monotonic()
+        self._closing: asyncio.Task[None] | None = None
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     @staticmethod
@@ -91,6 +101,26 @@ class Channel:
     @property
     def is_open(self) -> bool:
         return self.closed_because is None
+
+    @property
+    def idle(self) -> bool:
+        """Nothing heard from the primary for `IDLE` seconds."""
+        return time.monotonic() - self.last_heard > IDLE
+
+    async def alive(self, timeout: float) -> bool:
+        """Whether the primary answers a ping within `timeout` seconds; if not, the channel is closed."""
+        try:
+            pong = await self._connection.ping()
+            await asyncio.wait_for(pong, timeout)
+        except (ConnectionClosed, TimeoutError) as exc:
+            reason = "it closed" if isinstance(exc, ConnectionClosed) else f"no answer in {timeout:g}s"
+            self.closed_because = f"the primary did not answer a ping on the channel ({reason})"
+            logger.warning("%s; opening a new one", self.closed_because)
+            # Closing waits for the primary's side of the handshake, which may never come.
+            self._closing = asyncio.get_running_loop().create_task(self._connection.close(1001))
+            return False
+        self.last_heard = time.monotonic()
+        return True
 
     async def request(self, head: RequestHead, body: bytes) -> Stream:
         """Send the request; the stream its answer comes back on.
@@ -126,6 +156,7 @@ class Channel:
             async for message in self._connection:
                 if isinstance(message, str):
                     raise ChannelProtocolError("the primary sent a text message on the channel")
+                self.last_heard = time.monotonic()
                 frame = decode(message)
                 queue = self._streams.get(frame.stream)
                 if queue is not None:  # else a stream this node gave up on (CANCEL sent)

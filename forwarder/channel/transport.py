@@ -131,12 +131,13 @@ class ChannelTransport(httpx.AsyncBaseTransport):
 
     async def _open(self, url: httpx.URL, timeout: float | None) -> Channel | None:
         channel = self._channel
-        if channel is not None and channel.is_open:
+        if channel is not None and channel.is_open and not channel.idle:
             return channel
-        async with self._opening:
+        async with self._opening:  # one ping or one handshake at a time; the others then use its channel
             channel = self._channel
             if channel is not None and channel.is_open:
-                return channel
+                if not channel.idle or await channel.alive(timeout or 10.0):
+                    return channel
             if time.monotonic() < self._refused_until:
                 return None
             target = url.copy_with(scheme="wss" if url.scheme == "https" else "ws", raw_path=CHANNEL_PATH.encode())

@@ -42,6 +42,8 @@ class MemoryLink:
     sent_by_server: list[bytes] = field(default_factory=list)
     close_code: int | None = None
     closed: bool = False
+    frozen: bool = False
+    """The far end stopped (SIGSTOP): pings go unanswered."""
     task: asyncio.Task[None] | None = None
 
     def scope(self) -> dict[str, Any]:
@@ -136,6 +138,14 @@ class MemoryLink:
         self._close(code)
         if self.task is not None:
             await asyncio.wait({self.task}, timeout=5)
+
+    async def ping(self) -> asyncio.Future[float]:
+        if self.closed:
+            raise ConnectionClosedError(Close(self.close_code or 1006, ""), None)
+        pong: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        if not self.frozen:
+            pong.set_result(0.0)
+        return pong
 
     def server_sends(self, message: bytes | str) -> None:
         """Put a message on the way to the client as if the primary had sent it."""

@@ -385,3 +385,29 @@ async def test_each_request_on_the_channel_gets_an_access_log_line_in_uvicorns_f
     assert response.status_code == 201
     lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.access"]
     assert lines == ['10.0.0.2:40000 - "POST /things/x?a=1 HTTP/1.1" 201']
+
+
+async def test_after_a_quiet_spell_a_channel_whose_primary_does_not_answer_a_ping_is_replaced() -> None:
+    ref: list[Nodes] = []
+    async with two_nodes(lambda: app(ref, []), channel=True) as nodes:
+        ref.append(nodes)
+        nodes.replica_engine.apply()
+        with anyio.fail_after(5):
+            task = asyncio.create_task(nodes.replica.client.post("/things/a", content=b""))
+            while nodes.log.head < 1:
+                await asyncio.sleep(0.001)
+            nodes.replica_engine.apply()
+            assert (await task).status_code == 201
+        transport = nodes.replica.client._transport
+        assert isinstance(transport, ChannelTransport) and transport._channel is not None
+        transport._channel.last_heard -= 60  # quiet for a minute
+        nodes.links[0].frozen = True  # and the primary at its end stopped
+        with anyio.fail_after(5):
+            task = asyncio.create_task(nodes.replica.client.post("/things/b", content=b"", timeout=1))
+            while nodes.log.head < 2:
+                await asyncio.sleep(0.001)
+            nodes.replica_engine.apply()
+            assert (await task).status_code == 201
+        assert len(nodes.links) == 2, "a new channel carried the request; nothing went on the silent one"
+        assert not any(decode(m).kind is Kind.REQUEST for m in nodes.links[0].sent_by_client[1:])
+        nodes.links[0].frozen = False

@@ -52,10 +52,19 @@ def node_client(**options: Any) -> httpx.AsyncClient:
 
     It keeps no cookies: a `Set-Cookie` meant for one user must never ride along on the next
     user's request through the same pool (and parsing each response's cookies only to drop them
-    was 2 % of a replica's CPU per forwarded write). It ignores HTTP_PROXY and friends, which are
-    meant for the app's outbound traffic, not for the private network between nodes.
+    was 2 % of a replica's CPU per forwarded write). It adds no header of its own: a forwarded
+    request carries its client's. It ignores HTTP_PROXY and friends, which are meant for the app's
+    outbound traffic, not for the private network between nodes.
     """
-    return httpx.AsyncClient(cookies=_NoCookies(), trust_env=False, **options)
+    client = httpx.AsyncClient(cookies=_NoCookies(), trust_env=False, **options)
+    # Without this, a forwarded request that lacks them would gain httpx's own Accept, Accept-Encoding
+    # (an app with gzip middleware would then compress what its client cannot read) and User-Agent.
+    for name in _HTTPX_DEFAULTS:
+        del client.headers[name]
+    return client
+
+
+_HTTPX_DEFAULTS = ("accept", "accept-encoding", "connection", "user-agent")
 
 
 class ShardedTransport(httpx.AsyncBaseTransport):

@@ -239,3 +239,29 @@ async def test_cookies_the_primary_sets_for_one_user_never_reach_another() -> No
             async with nodes.client(nodes.replica_app) as bob:
                 seen = (await bob.post("/whoami")).json()["cookie"]
     assert seen is None or "alice-secret" not in seen
+
+
+async def test_a_forwarded_request_carries_its_clients_headers_and_none_of_the_http_clients_own() -> None:
+    # httpx adds Accept, Accept-Encoding and User-Agent to what it sends: an app behind gzip middleware
+    # would then compress responses for clients that never asked for it.
+    ref: list[Nodes] = []
+    seen: list[dict[str, str]] = []
+
+    async def headers(request: Request) -> Response:
+        seen.append(dict(request.headers))
+        ref[0].log.commit()
+        return Response(status_code=201)
+
+    async with two_nodes(lambda: Starlette(routes=[Route("/h", headers, methods=["POST"])])) as nodes:
+        ref.append(nodes)
+        async with nodes.client(nodes.replica_app) as client:
+            client.headers.clear()
+            for i, sent in enumerate(({}, {"accept-encoding": "br", "user-agent": "curl/8"})):
+                task = asyncio.create_task(client.post("/h", content=b"x", headers=sent))
+                with anyio.fail_after(5):
+                    while len(seen) <= i:  # the primary ran it; the replica now waits for its copy
+                        await asyncio.sleep(0.001)
+                    nodes.replica_engine.apply()
+                    assert (await task).status_code == 201
+    assert not {"accept", "accept-encoding", "user-agent"} & set(seen[0])
+    assert (seen[1]["accept-encoding"], seen[1]["user-agent"]) == ("br", "curl/8")

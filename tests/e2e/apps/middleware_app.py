@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import random
 import time
 from collections.abc import AsyncIterator
 
@@ -53,6 +54,8 @@ def create_app() -> ASGIApp:
     async def add_item(request: Request) -> Response:
         body = await request.json()
         row_id = await anyio.to_thread.run_sync(insert, "item", str(body["value"]))
+        # ?delay=<seconds>: a slow request that has written already (its row committed) when it answers.
+        await asyncio.sleep(float(request.query_params.get("delay", "0")))
         return JSONResponse({"node": node, "id": row_id}, status_code=201)
 
     async def touch(request: Request) -> Response:
@@ -78,6 +81,18 @@ def create_app() -> ASGIApp:
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
+    async def blob(request: Request) -> Response:
+        # A large streamed response: `size` bytes of `random.Random(seed)`, in 16 KiB chunks.
+        size, seed = int(request.query_params.get("size", "0")), request.query_params.get("seed", "")
+        data = random.Random(seed).randbytes(size)
+
+        async def stream() -> AsyncIterator[bytes]:
+            for offset in range(0, size, 16 * 1024):
+                yield data[offset : offset + 16 * 1024]
+                await asyncio.sleep(0)
+
+        return StreamingResponse(stream(), media_type="application/octet-stream")
+
     @primary_endpoint
     async def primary_socket(websocket: WebSocket) -> None:
         await websocket.accept()
@@ -97,6 +112,7 @@ def create_app() -> ASGIApp:
             Route("/touch", touch),
             Route("/upload", upload, methods=["POST"]),
             Route("/events", events, methods=["GET", "POST"]),
+            Route("/blob", blob, methods=["GET", "POST"]),
             WebSocketRoute("/ws/primary", primary_socket),
             WebSocketRoute("/ws/always", any_socket),
             WebSocketRoute("/ws/local", any_socket),

@@ -45,8 +45,11 @@ class ManagedProcess:
 
     @property
     def running(self) -> bool:
-        """True between `start()` and the process's exit."""
-        return self._process is not None and self._process.returncode is None
+        """True between `start()` and the process's exit, also in the moment before asyncio reaps a
+        process killed from outside (kill -9), when its exit status is not known yet."""
+        if self._process is None or self._process.returncode is not None:
+            return False
+        return not _exited(self._process.pid)
 
     async def start(self) -> None:
         """Start the process; its stdout and stderr go to the end of the log file."""
@@ -107,6 +110,17 @@ def tail(path: Path, lines: int = 40, *, start: int = 0) -> str:
     except FileNotFoundError:
         return ""
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+def _exited(pid: int) -> bool:
+    """Whether `pid` has exited but is not reaped yet (a zombie, on Linux), or is gone altogether."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] == b"Z"
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # no /proc (macOS): asyncio's exit status is all there is
 
 
 def find_executable(name: str) -> str | None:

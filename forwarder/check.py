@@ -33,7 +33,7 @@ import httpx
 from pydantic import ValidationError
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
-from .channel.client import Channel
+from .channel.client import Websocket
 from .channel.server import REFUSAL
 from .channel.transport import CHANNEL_PATH, signed_handshake
 from .engines.litefs_files import PRIMARY_FILE, Unreadable, parse_pos, pos_file, read_pos_text, read_primary
@@ -214,7 +214,7 @@ async def _channel(url: str, secret: str, node_id: str, timeout: float) -> list[
     target = httpx.URL(url).copy_with(raw_path=CHANNEL_PATH.encode())
     target = target.copy_with(scheme="wss" if target.scheme == "https" else "ws")
     try:
-        connection = await Channel.connect(
+        connection = await Websocket.connect(
             str(target), signed_handshake(secret.encode(), node_id), timeout=timeout, max_size=1024
         )
     except InvalidStatus as exc:

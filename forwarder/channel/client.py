@@ -15,8 +15,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Final, Protocol
 
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from ..exceptions import ChannelProtocolError
 from .frames import (
@@ -32,7 +33,7 @@ from .frames import (
     encode_request,
 )
 
-__all__ = ["WINDOW", "Channel", "ChannelBroken", "Connection", "Headers", "Stream"]
+__all__ = ["IDLE", "WINDOW", "Channel", "ChannelBroken", "Connection", "Headers", "Stream", "Websocket"]
 
 logger = logging.getLogger("forwarder.channel")
 
@@ -44,16 +45,24 @@ IDLE: Final = 2.0
 goes on it (the HTTP pool's keep-alive expiry): a primary that vanished is then a `503` after the
 connect timeout, as a new connection would be, not a `504` after the whole forward timeout."""
 
+CONTROL_TIMEOUT: Final = 5.0
+"""Seconds a `CREDIT` or `CANCEL` may wait for the socket to take it before the channel is dropped."""
+
 Headers = list[tuple[bytes, bytes]]
 
 _CLOSED: Final = Frame(Kind.RESET, 0, b"closed")  # put in every open stream's queue when the channel ends
 
 
 class Connection(Protocol):
-    """What the channel needs of a websocket client connection (`websockets`' `ClientConnection`).
+    """What the channel needs of a websocket client connection (`Websocket`; tests use an in-memory one).
 
     `send` raises `ConnectionClosed` once the connection is closed; iterating ends with the close.
     """
+
+    @property
+    def open(self) -> bool:
+        """Open right now: a `send` would write the frame, not wait for the close and raise."""
+        ...
 
     async def send(self, message: bytes) -> None: ...
 
@@ -63,25 +72,19 @@ class Connection(Protocol):
 
     async def ping(self) -> Awaitable[float]: ...
 
+    def abort(self) -> None:
+        """Drop the connection at once: what is buffered is never sent."""
+        ...
 
-class ChannelBroken(Exception):
-    """The channel ended, or the primary reset the stream, before the response was complete."""
 
+class Websocket:
+    """A `websockets` client connection as the channel uses it."""
 
-class Channel:
-    """One open websocket to the primary's `/_forwarder/channel`, shared by every forwarded request."""
-
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: ClientConnection) -> None:
         self._connection = connection
-        self._streams: dict[int, asyncio.Queue[Frame]] = {}
-        self._ids = itertools.count(1)
-        self.closed_because: str | None = None
-        self.last_heard = time.monotonic()
-        self._closing: asyncio.Task[None] | None = None
-        self._reader = asyncio.get_running_loop().create_task(self._read())
 
-    @staticmethod
-    async def connect(url: str, headers: Headers, *, timeout: float, max_size: int) -> Connection:
+    @classmethod
+    async def connect(cls, url: str, headers: Headers, *, timeout: float, max_size: int) -> Websocket:
         """The websocket to `url` (`ws://host:port/_forwarder/channel`), opened with the signed `headers`.
 
         Raises what `websockets` raises: `InvalidStatus` when the primary refused the channel,
@@ -96,7 +99,50 @@ class Channel:
             compression=None,  # loopback or a private network: compression only costs CPU
             proxy=None,  # HTTP_PROXY is for the app's outbound traffic, not the private network
         )
-        return connection
+        return cls(connection)
+
+    @property
+    def open(self) -> bool:
+        return self._connection.state is State.OPEN
+
+    async def send(self, message: bytes) -> None:
+        await self._connection.send(message)
+
+    def __aiter__(self) -> AsyncIterator[bytes | str]:
+        return aiter(self._connection)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self._connection.close(code, reason)
+
+    async def ping(self) -> Awaitable[float]:
+        return await self._connection.ping()
+
+    def abort(self) -> None:
+        self._connection.transport.abort()
+
+
+class ChannelBroken(Exception):
+    """The channel ended, or the primary reset the stream, before the response was complete.
+
+    `sent` is False only when the request certainly never left this node (safe to send again).
+    """
+
+    def __init__(self, reason: str, *, sent: bool = True) -> None:
+        super().__init__(reason)
+        self.sent = sent
+
+
+class Channel:
+    """One open websocket to the primary's `/_forwarder/channel`, shared by every forwarded request."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._streams: dict[int, asyncio.Queue[Frame]] = {}
+        self._ids = itertools.count(1)
+        self.closed_because: str | None = None
+        self.last_heard = time.monotonic()
+        self._closing: asyncio.Task[None] | None = None
+        self._reader = asyncio.get_running_loop().create_task(self._read())
 
     @property
     def is_open(self) -> bool:
@@ -108,43 +154,61 @@ class Channel:
         return time.monotonic() - self.last_heard > IDLE
 
     async def alive(self, timeout: float) -> bool:
-        """Whether the primary answers a ping within `timeout` seconds; if not, the channel is closed."""
+        """Whether the primary answers a ping within `timeout` seconds; if not, the channel is dropped."""
         try:
-            pong = await self._connection.ping()
-            await asyncio.wait_for(pong, timeout)
+            async with asyncio.timeout(timeout):
+                await (await self._connection.ping())
         except (ConnectionClosed, TimeoutError) as exc:
             reason = "it closed" if isinstance(exc, ConnectionClosed) else f"no answer in {timeout:g}s"
-            self.closed_because = f"the primary did not answer a ping on the channel ({reason})"
-            logger.warning("%s; opening a new one", self.closed_because)
-            # Closing waits for the primary's side of the handshake, which may never come.
-            self._closing = asyncio.get_running_loop().create_task(self._connection.close(1001))
+            self.abort(f"the primary did not answer a ping on the channel ({reason})")
             return False
         self.last_heard = time.monotonic()
         return True
 
-    async def request(self, head: RequestHead, body: bytes) -> Stream:
-        """Send the request; the stream its answer comes back on.
+    def abort(self, reason: str) -> None:
+        """Drop the channel now (nothing buffered is sent); every open stream fails with `reason`."""
+        if self.closed_because is None:
+            self.closed_because = reason
+            logger.warning("%s; dropping the channel", reason)
+        self._connection.abort()  # the reader then ends, and fails what is still open
 
-        `ChannelBroken` here means the request never left this node: it is safe to send it again.
+    async def request(self, head: RequestHead, body: bytes, timeout: float | None) -> Stream:
+        """Send the request (waiting at most `timeout` seconds for room); the stream its answer comes on.
+
+        `ChannelBroken` with `sent=False` means the request never left this node: safe to send again.
+        Past `timeout` the frame may still be on its way, so the channel is dropped: `TimeoutError`.
         """
-        if self.closed_because is not None:
-            raise ChannelBroken(self.closed_because)
+        if self.closed_because is not None or not self._connection.open:
+            raise ChannelBroken(self.closed_because or "the channel is closing", sent=False)
         stream_id = next(self._ids)
         queue: asyncio.Queue[Frame] = asyncio.Queue()
         self._streams[stream_id] = queue
         try:
-            await self._connection.send(encode_request(stream_id, head, body))
+            # The frame is written at once; only waiting for the socket to take it can block (a
+            # primary that stopped reading). That wait is bounded, and ends the channel.
+            async with asyncio.timeout(timeout):
+                await self._connection.send(encode_request(stream_id, head, body))
         except ConnectionClosed as exc:
-            # websockets refuses a send on a closed connection before writing anything.
-            del self._streams[stream_id]
-            raise ChannelBroken(f"the channel closed ({exc})") from None
+            self._streams.pop(stream_id, None)
+            raise ChannelBroken(f"the channel closed while the request was sent ({exc})") from None
+        except TimeoutError:
+            self._streams.pop(stream_id, None)
+            self.abort(f"the primary took no data on the channel for {timeout:g}s")
+            raise
         return Stream(self, stream_id, queue)
 
     async def _send_quietly(self, frame: bytes) -> None:
+        """A `CREDIT` or `CANCEL`: sent if the channel is open, given up (and the channel with it)
+        if the primary takes nothing for `CONTROL_TIMEOUT` seconds."""
+        if self.closed_because is not None or not self._connection.open:
+            return
         try:
-            await self._connection.send(frame)
+            async with asyncio.timeout(CONTROL_TIMEOUT):
+                await self._connection.send(frame)
         except ConnectionClosed:
             pass  # the reader ends every stream when the channel closes
+        except TimeoutError:
+            self.abort(f"the primary took no data on the channel for {CONTROL_TIMEOUT:g}s")
 
     def _forget(self, stream_id: int) -> None:
         self._streams.pop(stream_id, None)
@@ -173,7 +237,7 @@ class Channel:
             close = (1011, "")
         finally:
             # Every stream hears of it first: closing waits for the primary's side of the handshake.
-            self.closed_because = reason
+            self.closed_because = self.closed_because or reason  # an abort's reason first
             for queue in self._streams.values():
                 queue.put_nowait(_CLOSED)
             self._streams.clear()
@@ -197,7 +261,12 @@ class Stream:
         self._read_since_credit = 0
 
     async def _next(self, timeout: float | None) -> Frame:
-        frame = await asyncio.wait_for(self._queue.get(), timeout)
+        queue = self._queue
+        if queue.empty():
+            async with asyncio.timeout(timeout):
+                frame = await queue.get()
+        else:
+            frame = queue.get_nowait()
         if frame is _CLOSED:
             self._finished = True
             raise ChannelBroken(self._channel.closed_because or "the channel closed")

@@ -161,7 +161,7 @@ def encode_request(stream: int, head: RequestHead, body: bytes) -> bytes:
 def decode_request(payload: bytes) -> tuple[RequestHead, bytes]:
     meta, body = _split("REQUEST", payload)
     method, target = meta.get("m"), meta.get("t")
-    if not isinstance(method, str) or not method.isascii() or not method.isalpha():
+    if not isinstance(method, str) or _NAME.fullmatch(method) is None:
         raise ChannelProtocolError("a REQUEST frame's method is not a token")
     if not isinstance(target, str) or not target.startswith("/") or not target.isascii():
         raise ChannelProtocolError("a REQUEST frame's target is not an origin-form ASCII path")

@@ -54,7 +54,12 @@ async def serve_channel(app: ASGIApp, scope: Scope, receive: Receive, send: Send
     """Serve one node channel (a websocket `scope` on `/_forwarder/channel`) until either end closes it."""
     signed = any(k == FORWARDED_BY for k, _ in scope["headers"])  # unsigned node headers were dropped on entry
     if not secret or not signed:
-        why = "this node has no FORWARDER_SECRET" if not secret else "the handshake carries no valid node signature"
+        why = (
+            "this node has no FORWARDER_SECRET"
+            if not secret
+            else "the handshake carries no valid node signature (none, one made with another FORWARDER_SECRET, or "
+            "one older than FORWARDER_SIGNATURE_MAX_AGE: check the secret and the clocks)"
+        )
         logger.warning("refused a node channel from %s: %s", _peer(scope), why)
         await _deny(scope, send, f"{REFUSAL}: {why}")
         return
@@ -126,11 +131,17 @@ class _ServerChannel:
         if frame.kind is Kind.REQUEST:
             if frame.stream in self._streams:
                 raise ChannelProtocolError(f"stream {frame.stream} is already running")
-            head, body = decode_request(frame.payload)
             stream = _Stream()
             self._streams[frame.stream] = stream
-            run = self._run(frame.stream, stream, head, body) if len(self._streams) <= MAX_STREAMS else None
-            task = asyncio.get_running_loop().create_task(run or self._refuse(frame.stream, *_BUSY))
+            try:
+                head, body = decode_request(frame.payload)
+            except ChannelProtocolError as exc:
+                # The frame arrived whole and names its stream: only this request is refused.
+                run = self._refuse(frame.stream, 400, f"{exc}\n".encode())
+            else:
+                busy = len(self._streams) > MAX_STREAMS
+                run = self._refuse(frame.stream, *_BUSY) if busy else self._run(frame.stream, stream, head, body)
+            task = asyncio.get_running_loop().create_task(run)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return
@@ -160,8 +171,11 @@ class _ServerChannel:
         return await self._send({"type": "websocket.send", "bytes": data})
 
     async def _refuse(self, stream_id: int, status: int, body: bytes) -> None:
+        headers = [(b"content-type", b"text/plain; charset=utf-8")]
+        if status == 503:
+            headers.append((b"retry-after", b"1"))
         try:
-            head = ResponseHead(status, [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"1")])
+            head = ResponseHead(status, headers)
             await self._frame(encode_whole(stream_id, head, body))
         finally:
             self._streams.pop(stream_id, None)

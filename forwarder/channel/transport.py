@@ -21,7 +21,7 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 from ..exceptions import ChannelProtocolError
 from ..middleware.headers import FORWARDED_BY
 from ..node_headers import sign_node_headers
-from .client import Channel, ChannelBroken, Connection, Headers, Stream
+from .client import Channel, ChannelBroken, Connection, Headers, Stream, Websocket
 from .frames import RequestHead
 
 __all__ = ["CHANNEL_PATH", "MAX_BODY", "ChannelTransport", "signed_handshake"]
@@ -78,7 +78,7 @@ class ChannelTransport(httpx.AsyncBaseTransport):
             return await self._fallback.handle_async_request(request)
         await self._slot(timeouts.get("pool"))
         try:
-            stream = await self._send(channel, request, timeouts.get("connect"))
+            stream = await self._send(channel, request, timeouts)
         except BaseException:
             self._slots.release()
             raise
@@ -115,19 +115,24 @@ class ChannelTransport(httpx.AsyncBaseTransport):
         except TimeoutError:
             raise httpx.PoolTimeout("every slot on the node channel stayed busy") from None
 
-    async def _send(self, channel: Channel, request: httpx.Request, connect_timeout: float | None) -> Stream:
+    async def _send(self, channel: Channel, request: httpx.Request, timeouts: dict[str, Any]) -> Stream:
         head = RequestHead(request.method, request.url.raw_path, list(request.headers.raw))
-        try:
-            return await channel.request(head, request.content)
-        except ChannelBroken:
-            pass  # it closed before the request left: nothing ran, so one fresh channel may carry it
-        fresh = await self._open(request.url, connect_timeout)
-        if fresh is None:
-            raise httpx.ConnectError("the node channel closed and the primary refuses a new one")
-        try:
-            return await fresh.request(head, request.content)
-        except ChannelBroken as exc:
-            raise httpx.ConnectError(f"the node channel closed before the request was sent ({exc})") from None
+        for attempt in (1, 2):
+            try:
+                return await channel.request(head, request.content, timeouts.get("write"))
+            except ChannelBroken as exc:
+                if exc.sent:
+                    raise httpx.WriteError(f"the node channel broke while the request was sent ({exc})") from None
+                if attempt == 2:
+                    raise httpx.ConnectError(f"the node channel closed before the request was sent ({exc})") from None
+            except TimeoutError:
+                raise httpx.WriteTimeout("the primary took no data on the node channel in time") from None
+            # It closed before the request left: nothing ran, so one fresh channel may carry it.
+            fresh = await self._open(request.url, timeouts.get("connect"))
+            if fresh is None:
+                raise httpx.ConnectError("the node channel closed and the primary refuses a new one")
+            channel = fresh
+        raise AssertionError("unreachable")
 
     async def _open(self, url: httpx.URL, timeout: float | None) -> Channel | None:
         channel = self._channel
@@ -172,7 +177,7 @@ class ChannelTransport(httpx.AsyncBaseTransport):
 
 
 async def _websocket(url: str, headers: Headers, timeout: float) -> Connection:
-    return await Channel.connect(url, headers, timeout=timeout, max_size=_MAX_MESSAGE)
+    return await Websocket.connect(url, headers, timeout=timeout, max_size=_MAX_MESSAGE)
 
 
 class _Body(httpx.AsyncByteStream):

@@ -44,6 +44,10 @@ class MemoryLink:
     closed: bool = False
     frozen: bool = False
     """The far end stopped (SIGSTOP): pings go unanswered."""
+    full: bool = False
+    """The far end stopped reading and the socket is full: a send waits (until the link closes)."""
+    break_after_write: bool = False
+    """The next send writes its frame, then the connection breaks (websockets raises after writing)."""
     task: asyncio.Task[None] | None = None
 
     def scope(self) -> dict[str, Any]:
@@ -64,7 +68,7 @@ class MemoryLink:
             "extensions": {"websocket.http.response": {}},
         }
 
-    async def open(self) -> MemoryLink:
+    async def connect(self) -> MemoryLink:
         """Run the handshake: the link when the app accepted, else `InvalidStatus` as websockets raises it."""
         accepted: asyncio.Future[Refusal | None] = asyncio.get_running_loop().create_future()
         refusal: list[Any] = []
@@ -116,11 +120,23 @@ class MemoryLink:
 
     # -- the client end (what `Channel` calls) --
 
+    @property
+    def open(self) -> bool:
+        return not self.closed
+
+    def abort(self) -> None:
+        self._close(1006)
+
     async def send(self, message: bytes) -> None:
         if self.closed:
             raise ConnectionClosedError(Close(self.close_code or 1006, ""), None)
         self.sent_by_client.append(message)
         self.to_server.put_nowait({"type": "websocket.receive", "bytes": message})
+        if self.break_after_write:
+            self._close(1006)
+            raise ConnectionClosedError(Close(1006, ""), None)
+        while self.full and not self.closed:
+            await asyncio.sleep(0.01)
 
     def __aiter__(self) -> AsyncIterator[bytes | str]:
         return self._messages()

@@ -66,7 +66,7 @@ async def two_nodes(
     async def connect(url: str, headers: Headers, timeout: float) -> Connection:
         link = MemoryLink(primary_app, headers)
         links.append(link)
-        return await link.open()
+        return await link.connect()
 
     http = primary_transport or httpx.ASGITransport(app=primary_app)
     # A test that gives its own transport decides how the primary is (not) reached.

@@ -19,7 +19,16 @@ from websockets.exceptions import InvalidStatus
 
 from forwarder.channel import server
 from forwarder.channel.client import WINDOW, Connection, Headers
-from forwarder.channel.frames import MAX_CHUNK, Kind, RequestHead, decode, encode, encode_request
+from forwarder.channel.frames import (
+    MAX_CHUNK,
+    Kind,
+    RequestHead,
+    decode,
+    decode_request,
+    decode_whole,
+    encode,
+    encode_request,
+)
 from forwarder.channel.transport import CHANNEL_PATH, ChannelTransport, signed_handshake
 from forwarder.node_headers import sign_node_headers
 
@@ -104,7 +113,7 @@ async def test_forwarded_writes_and_rpc_calls_share_one_channel_and_the_primary_
 async def test_a_handshake_no_node_signed_is_refused_with_403_naming_the_cause(handshake: Headers, cause: str) -> None:
     async with two_nodes(Starlette) as nodes:
         with pytest.raises(InvalidStatus) as refused:
-            await MemoryLink(nodes.primary_app, handshake).open()
+            await MemoryLink(nodes.primary_app, handshake).connect()
     assert refused.value.response.status_code == 403
     assert cause in refused.value.response.body.decode()
     assert "signed with the cluster secret" in refused.value.response.body.decode()
@@ -116,13 +125,13 @@ async def test_a_node_without_a_secret_refuses_every_channel() -> None:
     primary = Forwarder(engine=MemoryEngine(MemoryLog(), Role.PRIMARY), topology=Topology("p", "fra", Role.PRIMARY))
     async with primary:
         with pytest.raises(InvalidStatus) as refused:
-            await MemoryLink(ForwarderMiddleware(Starlette(), forwarder=primary), SIGNED).open()
+            await MemoryLink(ForwarderMiddleware(Starlette(), forwarder=primary), SIGNED).connect()
     assert refused.value.response.status_code == 403
     assert b"no FORWARDER_SECRET" in refused.value.response.body
 
 
 async def opened(nodes: Nodes) -> MemoryLink:
-    return await MemoryLink(nodes.primary_app, signed_handshake(SECRET.encode(), "node-r")).open()
+    return await MemoryLink(nodes.primary_app, signed_handshake(SECRET.encode(), "node-r")).connect()
 
 
 async def answer(link: MemoryLink) -> list[bytes]:
@@ -141,14 +150,17 @@ async def answer(link: MemoryLink) -> list[bytes]:
         b"\x01\x00",
         b"\x63\x00\x00\x00\x01",
         encode(Kind.START, 1, b"{}"),
-        encode(Kind.REQUEST, 1, b"\x00\x00\x00\x09{}"),
+        b"text, not binary",
     ],
-    ids=["short", "unknown kind", "a primary's kind", "bad head"],
+    ids=["short", "unknown kind", "a primary's kind", "text"],
 )
 async def test_a_frame_that_is_not_one_closes_the_channel_with_1002(garbage: bytes) -> None:
     async with two_nodes(Starlette) as nodes:
         link = await opened(nodes)
-        await link.send(garbage)
+        if garbage.startswith(b"text"):
+            link.to_server.put_nowait({"type": "websocket.receive", "text": garbage.decode()})
+        else:
+            await link.send(garbage)
         with pytest.raises(Exception, match="1002"):
             await answer(link)
         assert link.close_code == 1002
@@ -172,16 +184,31 @@ async def test_a_stream_id_already_running_closes_the_channel() -> None:
 
 
 @pytest.mark.parametrize(
-    "header",
-    [(b"x-evil", b"a\r\nset-cookie: b=1"), (b"bad name", b"v"), (b"x", b"nul\x00")],
-    ids=["CRLF in a value", "space in a name", "NUL"],
+    "head",
+    [
+        RequestHead("GET", b"/x", [(b"host", b"p"), (b"x-evil", b"a\r\nset-cookie: b=1")]),
+        RequestHead("GET", b"/x", [(b"host", b"p"), (b"bad name", b"v")]),
+        RequestHead("GET", b"/x", [(b"host", b"p"), (b"x", b"nul\x00")]),
+        RequestHead("GET", b"http://elsewhere/x", [(b"host", b"p")]),
+        RequestHead("G T", b"/x", [(b"host", b"p")]),
+    ],
+    ids=["CRLF in a value", "space in a name", "NUL", "absolute target", "space in the method"],
 )
-async def test_a_header_http_would_refuse_is_refused_on_the_channel(header: tuple[bytes, bytes]) -> None:
-    async with two_nodes(Starlette) as nodes:
+async def test_a_request_http_would_refuse_gets_400_alone_and_the_channel_serves_on(head: RequestHead) -> None:
+    async def ok(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await PlainTextResponse(scope["method"])(scope, receive, send)
+
+    async with two_nodes(lambda: ok) as nodes:
         link = await opened(nodes)
-        await link.send(encode_request(1, RequestHead("GET", b"/x", [(b"host", b"p"), header]), b""))
-        with pytest.raises(Exception, match="1002"):
-            await answer(link)
+        await link.send(encode_request(1, head, b""))
+        await link.send(encode_request(2, RequestHead("M-SEARCH", b"/y", [(b"host", b"p")]), b""))
+        with anyio.fail_after(5):
+            answers = {(f := decode(await link.to_client.get())).stream: decode_whole(f.payload) for _ in range(2)}
+        assert answers[1][0].status == 400 and b" is not " in answers[1][1], "the answer says what was wrong"
+        assert answers[2][0].status == 200 and answers[2][1] == b"M-SEARCH", "any token is a method"
+        assert not link.closed
+        await link.close()
 
 
 async def test_a_long_response_is_sent_only_as_fast_as_the_replica_reads_it() -> None:
@@ -411,3 +438,50 @@ async def test_after_a_quiet_spell_a_channel_whose_primary_does_not_answer_a_pin
         assert len(nodes.links) == 2, "a new channel carried the request; nothing went on the silent one"
         assert not any(decode(m).kind is Kind.REQUEST for m in nodes.links[0].sent_by_client[1:])
         nodes.links[0].frozen = False
+
+
+async def test_a_request_the_primary_takes_no_data_for_is_a_504_within_the_write_timeout_and_ends_the_channel() -> None:
+    ref: list[Nodes] = []
+    async with two_nodes(lambda: app(ref, []), channel=True) as nodes:
+        ref.append(nodes)
+        nodes.replica.forward_timeout = 0.5  # the write timeout of forwarded requests
+        nodes.replica._client = None
+        async with nodes.client(nodes.replica_app) as client:
+            warm = asyncio.create_task(client.post("/things/a", content=b""))
+            with anyio.fail_after(5):
+                while nodes.log.head < 1:
+                    await asyncio.sleep(0.001)
+                nodes.replica_engine.apply()
+                assert (await warm).status_code == 201
+                nodes.links[0].full = True
+                started = time.monotonic()
+                response = await client.post("/things/b", content=b"")
+        assert response.status_code == 504 and "did not answer in time" in response.text
+        assert time.monotonic() - started < 2
+        assert nodes.links[0].closed, "a channel the primary takes nothing from is dropped"
+
+
+async def test_a_request_whose_send_broke_after_writing_is_never_sent_again() -> None:
+    async def runs(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await asyncio.sleep(10)
+
+    async with two_nodes(lambda: runs, channel=True) as nodes:
+        async with nodes.client(nodes.replica_app) as client:
+            transport = nodes.replica.client._transport
+            assert isinstance(transport, ChannelTransport)
+            with anyio.fail_after(5):
+                await nodes.replica.client.get("/_forwarder/health")  # the channel is open
+                nodes.links[0].break_after_write = True
+                response = await client.post("/things", content=b"x")
+        assert response.status_code == 504 and "may have been executed" in response.text
+        targets = [
+            decode_request(decode(m).payload)[0].target
+            for link in nodes.links
+            for m in link.sent_by_client
+            if decode(m).kind is Kind.REQUEST
+        ]
+        assert targets.count(b"/things") == 1, "it may have run: sent once, never again on a new channel"
+        for link in nodes.links:
+            if link.task is not None:
+                link.task.cancel()

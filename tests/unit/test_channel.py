@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.exceptions import InvalidStatus
 
 from forwarder.channel import server
@@ -360,13 +360,20 @@ async def test_a_channel_that_closed_before_the_request_left_is_opened_again_onc
         assert len(nodes.links) == 2
 
 
-async def test_a_channel_that_breaks_mid_request_is_a_504_that_says_the_write_may_have_run() -> None:
-    started = asyncio.Event()
+def hanging(started: asyncio.Event) -> ASGIApp:
+    """An app whose requests never finish (the primary is busy, or about to die); `started` once one runs."""
 
     async def hangs(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             started.set()
             await asyncio.sleep(10)
+
+    return hangs
+
+
+async def test_a_channel_that_breaks_mid_request_is_a_504_that_says_the_write_may_have_run() -> None:
+    started = asyncio.Event()
+    hangs = hanging(started)
 
     async with two_nodes(lambda: hangs, channel=True) as nodes:
         async with nodes.client(nodes.replica_app) as client:
@@ -381,13 +388,9 @@ async def test_a_channel_that_breaks_mid_request_is_a_504_that_says_the_write_ma
     assert "may have been executed" in response.text
 
 
-async def test_a_primary_that_sends_garbage_fails_every_open_stream_and_the_next_request_opens_a_new_channel() -> None:
+async def test_a_primary_that_sends_garbage_fails_every_open_stream_and_is_closed_with_1002() -> None:
     started = asyncio.Event()
-
-    async def hangs(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            started.set()
-            await asyncio.sleep(10)
+    hangs = hanging(started)
 
     async with two_nodes(lambda: hangs, channel=True) as nodes:
         task = asyncio.create_task(nodes.replica.client.post("/things", content=b"x"))

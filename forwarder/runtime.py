@@ -62,7 +62,9 @@ class Forwarder:
     `engine` the replication engine; `topology` this node and the primary; `secret` the shared
     RPC secret (required on replicas); `registry` of `@primary_only` functions; `database` path
     of the SQLite file; the timeouts in seconds; `transport` an httpx transport for the
-    connection to the primary (tests pass `httpx.ASGITransport(app=primary_app)`).
+    connection to the primary (tests pass `httpx.ASGITransport(app=primary_app)`); `node_channel`
+    False sends each forward and RPC call as its own HTTP request instead of over the one websocket
+    to the primary (`forwarder.channel`).
     """
 
     def __init__(

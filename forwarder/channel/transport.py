@@ -65,6 +65,7 @@ class ChannelTransport(httpx.AsyncBaseTransport):
         self._opening = asyncio.Lock()
         self._channel: Channel | None = None
         self._refused_until = 0.0
+        self._failed: tuple[float, httpx.TransportError] | None = None  # the last handshake that failed, and when
         self._connect = connect or _websocket
         self.refused_because: str | None = None
         """Why the primary last refused the channel (None when it never did)."""
@@ -138,6 +139,7 @@ class ChannelTransport(httpx.AsyncBaseTransport):
         channel = self._channel
         if channel is not None and channel.is_open and not channel.idle:
             return channel
+        asked = time.monotonic()
         async with self._opening:  # one ping or one handshake at a time; the others then use its channel
             channel = self._channel
             if channel is not None and channel.is_open:
@@ -145,6 +147,11 @@ class ChannelTransport(httpx.AsyncBaseTransport):
                     return channel
             if time.monotonic() < self._refused_until:
                 return None
+            failed = self._failed
+            if failed is not None and failed[0] >= asked:
+                # Tried and failed while this request waited its turn: it fails the same way now,
+                # as it would have beside it on a connection of its own, not one connect timeout later.
+                raise type(failed[1])(str(failed[1]))
             target = url.copy_with(scheme="wss" if url.scheme == "https" else "ws", raw_path=CHANNEL_PATH.encode())
             try:
                 self._channel = Channel(await self._connect(str(target), self._handshake(), timeout or 10.0))
@@ -152,10 +159,16 @@ class ChannelTransport(httpx.AsyncBaseTransport):
                 self._refuse(target, exc)
                 return None
             except TimeoutError as exc:
-                raise httpx.ConnectTimeout(f"opening the node channel to {target}: no handshake in time") from exc
+                late = httpx.ConnectTimeout(f"opening the node channel to {target}: no handshake in time")
+                raise self._failure(late) from exc
             except (OSError, InvalidHandshake, InvalidURI) as exc:
-                raise httpx.ConnectError(f"opening the node channel to {target}: {exc}") from exc
+                raise self._failure(httpx.ConnectError(f"opening the node channel to {target}: {exc}")) from exc
+            self._failed = None
             return self._channel
+
+    def _failure(self, exc: httpx.TransportError) -> httpx.TransportError:
+        self._failed = (time.monotonic(), exc)
+        return exc
 
     def _refuse(self, target: httpx.URL, exc: InvalidStatus) -> None:
         body = exc.response.body.decode("utf-8", "replace").strip()[:200] if exc.response.body else ""

@@ -488,3 +488,27 @@ async def test_a_request_whose_send_broke_after_writing_is_never_sent_again() ->
         for link in nodes.links:
             if link.task is not None:
                 link.task.cancel()
+
+
+async def test_requests_waiting_on_a_handshake_that_times_out_fail_with_it_not_one_timeout_after_another() -> None:
+    attempts: list[float] = []
+
+    async def silent(url: str, headers: Headers, timeout: float) -> Connection:
+        attempts.append(time.monotonic())
+        await asyncio.sleep(timeout)  # a frozen primary: the handshake never gets an answer
+        raise TimeoutError
+
+    def unused(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("nothing goes over HTTP")
+
+    transport = ChannelTransport(httpx.MockTransport(unused), handshake=lambda: SIGNED, connect=silent)
+    timeout = httpx.Timeout(5, connect=0.3)
+    async with httpx.AsyncClient(transport=transport, base_url="http://primary", timeout=timeout) as client:
+        started = time.monotonic()
+        with anyio.fail_after(5):
+            outcomes = await asyncio.gather(
+                *(client.post("/w", content=b"x") for _ in range(5)), return_exceptions=True
+            )
+        elapsed = time.monotonic() - started
+    assert all(isinstance(o, httpx.ConnectTimeout) for o in outcomes), outcomes
+    assert len(attempts) == 1 and elapsed < 1.0, (len(attempts), elapsed)

@@ -114,18 +114,25 @@ def _strings(headers: Headers) -> list[list[str]]:
     return [[k.decode("latin-1"), v.decode("latin-1")] for k, v in headers]
 
 
-def _headers(value: object) -> Headers:
-    if not isinstance(value, list) or not all(
-        isinstance(pair, list) and len(pair) == 2 and all(isinstance(s, str) for s in pair) for pair in value
-    ):
+def _headers(value: object, *, http_rules: bool) -> Headers:
+    """The headers of a head; `http_rules` also refuses what HTTP/1.1 would (a request's: the replica
+    forwards what a client sent; a response's pass the replica's own HTTP server on the way out)."""
+    if not isinstance(value, list):
         raise ChannelProtocolError("channel frame headers are not a list of [name, value] strings")
-    for name, text in value:
-        if _NAME.fullmatch(name) is None or _VALUE.fullmatch(text) is None:
-            raise ChannelProtocolError(f"a channel frame header {name[:40]!r} is not a valid HTTP header")
+    out: Headers = []
     try:
-        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in value]
-    except UnicodeEncodeError:
-        raise ChannelProtocolError("a channel frame header is not latin-1") from None
+        for pair in value:
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise TypeError
+            name, text = pair
+            if not isinstance(name, str) or not isinstance(text, str):
+                raise TypeError
+            if http_rules and (_NAME.fullmatch(name) is None or _VALUE.fullmatch(text) is None):
+                raise ChannelProtocolError(f"a channel frame header {name[:40]!r} is not a valid HTTP header")
+            out.append((name.encode("latin-1"), text.encode("latin-1")))
+    except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError: not latin-1
+        raise ChannelProtocolError("channel frame headers are not a list of [name, value] latin-1 strings") from None
+    return out
 
 
 def _object(data: bytes) -> dict[str, object]:
@@ -165,7 +172,7 @@ def decode_request(payload: bytes) -> tuple[RequestHead, bytes]:
         raise ChannelProtocolError("a REQUEST frame's method is not a token")
     if not isinstance(target, str) or not target.startswith("/") or not target.isascii():
         raise ChannelProtocolError("a REQUEST frame's target is not an origin-form ASCII path")
-    return RequestHead(method, target.encode("ascii"), _headers(meta.get("h"))), body
+    return RequestHead(method, target.encode("ascii"), _headers(meta.get("h"), http_rules=True)), body
 
 
 def _response_meta(head: ResponseHead) -> Mapping[str, object]:
@@ -176,7 +183,7 @@ def _response_head(meta: dict[str, object]) -> ResponseHead:
     status = meta.get("s")
     if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 999:
         raise ChannelProtocolError("a response frame's status is not a 3-digit number")
-    return ResponseHead(status, _headers(meta.get("h")))
+    return ResponseHead(status, _headers(meta.get("h"), http_rules=False))
 
 
 def encode_start(stream: int, head: ResponseHead) -> bytes:

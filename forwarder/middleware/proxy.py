@@ -140,7 +140,10 @@ async def _answer(
     method = scope["method"]
     client = forwarder.client
     extra: list[tuple[bytes, bytes]] = [(h.FORWARDED_VIA, b"proxy")]
-    txid_text = response.headers.get("forwarder-txid")
+    raw = list(response.headers.raw)
+    # One pass over the raw headers: httpx's own lookup decodes every header for each one it finds.
+    txid_raw = next((v for k, v in raw if k.lower() == h.TXID), None)
+    txid_text = txid_raw.decode("latin-1") if txid_raw is not None else None
     answered = time.perf_counter()
     waited = 0.0
     # A copy that is restoring, or that the app wrote to, is not read from until it is whole
@@ -157,7 +160,7 @@ async def _answer(
             logger.warning("%s: the primary sent a malformed Forwarder-Txid %s", what, clean(txid_text))
         waited = time.perf_counter() - wait_started
     # One Server-Timing header: the primary's own entries (app, commit) followed by this hop's.
-    passed = end_to_end(list(response.headers.raw), also=_NOT_PASSED_BACK)
+    passed = end_to_end(raw, also=_NOT_PASSED_BACK)
     timings = [v for k, v in passed if k.lower() == b"server-timing"]
     timings.append(f"primary;dur={(answered - started) * 1000:.3f}, replication;dur={waited * 1000:.3f}".encode())
     extra.append((b"server-timing", b", ".join(timings)))

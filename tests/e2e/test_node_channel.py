@@ -328,6 +328,33 @@ async def start_slow_write(http: httpx.AsyncClient, cluster: Cluster, value: str
     return slow
 
 
+async def test_a_replica_killed_with_a_write_in_flight_leaves_the_primary_to_finish_it_and_serve_on(
+    tmp_path: Path,
+) -> None:
+    async with fault_cluster(tmp_path) as cluster:
+        replica, primary = cluster.replicas[0], cluster.primary
+        async with client(replica) as http, client(replica) as other:
+            with anyio.fail_after(90):
+                await write_and_read_back(http, cluster, replica, "before")
+                slow = await start_slow_write(other, cluster, "in flight")  # committed; its answer is 2 s away
+                assert replica.pid is not None and replica.app is not None
+                os.kill(replica.pid, signal.SIGKILL)
+                with pytest.raises(httpx.TransportError):
+                    await slow
+                assert await replica.app.wait(10) == -signal.SIGKILL
+                async with client(primary) as direct:
+                    # The request the dead replica sent committed on the primary, once, and the
+                    # primary serves on (its end of the channel saw the disconnect).
+                    values = [item["value"] for item in (await direct.get("/items")).json()["items"]]
+                    assert values.count("in flight") == 1, values
+                    assert (await direct.post("/items", json={"value": "direct"})).status_code == 201
+                primary_log = log_text(cluster, primary.id)
+                assert "Traceback" not in primary_log and "Exception in ASGI" not in primary_log, primary_log[-2000:]
+                await cluster.start_node(replica.id)
+                await write_and_read_back(http, cluster, replica, "after")
+                assert len(channel_peers(cluster)) == 2, "the restarted replica opened a channel of its own"
+
+
 @pytest.mark.parametrize("node_channel", ["true", "false"], ids=["channel", "http"])
 async def test_a_graceful_stop_of_the_primary_runs_a_write_in_flight_once_and_answers_it_over_http_only(
     tmp_path: Path, node_channel: str

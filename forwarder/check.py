@@ -35,7 +35,7 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
 from .channel.client import Websocket
 from .channel.server import REFUSAL
-from .channel.transport import CHANNEL_PATH, signed_handshake
+from .channel.transport import channel_url, refusal_text, signed_handshake
 from .engines.litefs_files import PRIMARY_FILE, Unreadable, parse_pos, pos_file, read_pos_text, read_primary
 from .exceptions import ConfigurationError, EngineError, InvalidTxid
 from .settings import ForwarderSettings
@@ -211,14 +211,13 @@ async def _primary(url: str, timeout: float) -> list[str]:
 
 
 async def _channel(url: str, secret: str, node_id: str, timeout: float) -> list[str]:
-    target = httpx.URL(url).copy_with(raw_path=CHANNEL_PATH.encode())
-    target = target.copy_with(scheme="wss" if target.scheme == "https" else "ws")
+    target = str(channel_url(httpx.URL(url)))
     try:
         connection = await Websocket.connect(
-            str(target), signed_handshake(secret.encode(), node_id), timeout=timeout, max_size=1024
+            target, signed_handshake(secret.encode(), node_id), timeout=timeout, max_size=1024
         )
     except InvalidStatus as exc:
-        body = exc.response.body.decode("utf-8", "replace").strip()[:200] if exc.response.body else ""
+        body = refusal_text(exc)
         if exc.response.status_code != 403 or not body.startswith(REFUSAL):
             return []  # no channel served there (a bare 403 is any ASGI app's unknown websocket): HTTP then
         return [

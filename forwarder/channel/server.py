@@ -19,6 +19,7 @@ from urllib.parse import unquote
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..exceptions import ChannelProtocolError
+from ..middleware.guard import refuse
 from ..middleware.headers import FORWARDED_BY
 from .client import WINDOW
 from .frames import (
@@ -61,23 +62,13 @@ async def serve_channel(app: ASGIApp, scope: Scope, receive: Receive, send: Send
             "one older than FORWARDER_SIGNATURE_MAX_AGE: check the secret and the clocks)"
         )
         logger.warning("refused a node channel from %s: %s", _peer(scope), why)
-        await _deny(scope, send, f"{REFUSAL}: {why}")
+        await refuse(scope, send, 403, f"{REFUSAL}: {why}")
         return
     if (await receive())["type"] != "websocket.connect":
         return
     await send({"type": "websocket.accept"})
     logger.info("node channel opened by %s", _peer(scope))
     await _ServerChannel(app, scope, send).run(receive)
-
-
-async def _deny(scope: Scope, send: Send, message: str) -> None:
-    body = (message + "\n").encode()
-    if "websocket.http.response" in scope.get("extensions", {}):
-        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "websocket.http.response.start", "status": 403, "headers": headers})
-        await send({"type": "websocket.http.response.body", "body": body})
-    else:
-        await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
 
 
 def _peer(scope: Scope) -> str:

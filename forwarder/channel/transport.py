@@ -24,7 +24,7 @@ from ..node_headers import sign_node_headers
 from .client import Channel, ChannelBroken, Connection, Headers, Stream, Websocket
 from .frames import RequestHead
 
-__all__ = ["CHANNEL_PATH", "MAX_BODY", "ChannelTransport", "signed_handshake"]
+__all__ = ["CHANNEL_PATH", "MAX_BODY", "ChannelTransport", "channel_url", "refusal_text", "signed_handshake"]
 
 logger = logging.getLogger("forwarder.channel")
 
@@ -34,6 +34,17 @@ ASK_AGAIN_AFTER: Final = 60.0
 MAX_BODY: Final = 1024 * 1024
 """Largest request body sent on the channel (the default RPC limit; uvicorn takes 16 MiB messages)."""
 _MAX_MESSAGE: Final = 16 * 1024 * 1024  # a response head with every cookie still fits
+
+
+def channel_url(base: httpx.URL) -> httpx.URL:
+    """The channel's websocket URL on the node at `base` (`http://host:port` -> `ws://host:port/_forwarder/channel`)."""
+    return base.copy_with(scheme="wss" if base.scheme == "https" else "ws", raw_path=CHANNEL_PATH.encode())
+
+
+def refusal_text(exc: InvalidStatus) -> str:
+    """What the primary said when it refused a handshake: the start of its body, or nothing."""
+    body = exc.response.body
+    return body.decode("utf-8", "replace").strip()[:200] if body else ""
 
 
 def signed_handshake(secret: bytes, node_id: str) -> Headers:
@@ -152,7 +163,7 @@ class ChannelTransport(httpx.AsyncBaseTransport):
                 # Tried and failed while this request waited its turn: it fails the same way now,
                 # as it would have beside it on a connection of its own, not one connect timeout later.
                 raise type(failed[1])(str(failed[1]))
-            target = url.copy_with(scheme="wss" if url.scheme == "https" else "ws", raw_path=CHANNEL_PATH.encode())
+            target = channel_url(url)
             try:
                 self._channel = Channel(await self._connect(str(target), self._handshake(), timeout or 10.0))
             except InvalidStatus as exc:
@@ -171,7 +182,7 @@ class ChannelTransport(httpx.AsyncBaseTransport):
         return exc
 
     def _refuse(self, target: httpx.URL, exc: InvalidStatus) -> None:
-        body = exc.response.body.decode("utf-8", "replace").strip()[:200] if exc.response.body else ""
+        body = refusal_text(exc)
         self.refused_because = f"HTTP {exc.response.status_code}" + (f": {body}" if body else "")
         self._refused_until = time.monotonic() + ASK_AGAIN_AFTER
         logger.warning(

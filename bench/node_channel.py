@@ -18,16 +18,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import statistics
 import time
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import Any
 
 import httpx
 
 from bench.forwarded_write import timings
 from bench.local_cluster import cpu_seconds, cpu_used, local_cluster, pause_cluster
-from bench.stats import report, summary_ms
+from bench.stats import report, run_median, summary_ms
 from bench.write_throughput import wrk
 from forwarder.dev import Cluster
 
@@ -87,8 +87,7 @@ async def throughput(clusters: dict[str, Cluster], rounds: int, seconds: float) 
                 for name in list(clusters) if i % 2 == 0 else list(reversed(clusters)):
                     runs[name].append(await loaded(name, connections, seconds))
 
-            def median(name: str, key: str, runs: dict[str, list[dict[str, Any]]] = runs) -> float:
-                return float(statistics.median(run[key] for run in runs[name]))
+            median = partial(run_median, runs)
 
             channel, http = median("channel", "rps"), median("http", "rps")
             rows.append(

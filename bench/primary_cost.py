@@ -38,7 +38,6 @@ import contextlib
 import os
 import signal
 import sqlite3
-import statistics
 import tempfile
 from collections.abc import Callable
 from contextlib import AsyncExitStack, closing
@@ -48,7 +47,7 @@ from typing import Any
 
 from bench.local_cluster import local_cluster, pause_cluster
 from bench.servers import SERVER_PIDS, uvicorn_server
-from bench.stats import report
+from bench.stats import report, run_median
 from bench.write_throughput import CONCURRENCY, wrk
 from forwarder.dev import Cluster
 from forwarder.dev.replication import Follower, Replicator
@@ -199,8 +198,7 @@ def _seq(cluster: Cluster) -> int:
 def _row(
     connections: int, runs: dict[str, list[dict[str, Any]]], load: float, setups: tuple[str, ...] = SETUPS
 ) -> dict[str, Any]:
-    def median(setup: str, key: str) -> float:
-        return float(statistics.median(run[key] for run in runs[setup]))
+    median = partial(run_median, runs)
 
     rps = {setup: median(setup, "rps") for setup in setups}
     p50 = {setup: median(setup, "p50_us") / 1000 for setup in setups}

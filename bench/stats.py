@@ -6,6 +6,8 @@ import json
 import math
 import os
 import platform
+import statistics
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,11 @@ def summary_ms(values_s: list[float]) -> dict[str, float]:
         "p99_ms": round(percentile(ms, 99), 4),
         "max_ms": round(max(ms), 4) if ms else float("nan"),
     }
+
+
+def run_median(runs: Mapping[str, Sequence[Mapping[str, Any]]], setup: str, key: str) -> float:
+    """The median of `key` over the runs of `setup` (wrk results: rps, p50_us, ...)."""
+    return float(statistics.median(run[key] for run in runs[setup]))
 
 
 def machine() -> dict[str, Any]:

@@ -17,12 +17,13 @@ import json
 import os
 import shutil
 import statistics
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from bench.local_cluster import cpu_seconds, cpu_used, on_cluster
-from bench.stats import report
+from bench.stats import report, run_median
 from forwarder.dev import Cluster
 
 SCRIPT = Path(__file__).with_name("post_write.lua")
@@ -92,8 +93,7 @@ async def measure(cluster: Cluster, rounds: int, seconds: float) -> list[dict[st
                 }
                 runs[kind].append(result)
 
-        def median(kind: str, key: str, runs: dict[str, list[dict[str, Any]]] = runs) -> float:
-            return float(statistics.median(run[key] for run in runs[kind]))
+        median = partial(run_median, runs)
 
         direct, forwarded = median("direct", "rps"), median("forwarded", "rps")
         rows.append(

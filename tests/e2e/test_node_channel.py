@@ -328,15 +328,25 @@ async def start_slow_write(http: httpx.AsyncClient, cluster: Cluster, value: str
     return slow
 
 
+@contextlib.asynccontextmanager
+async def slow_write_in_flight(
+    cluster: Cluster, value: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, asyncio.Task[httpx.Response]]]:
+    """On the first replica: one write read back ("before"), then `start_slow_write(value)`; yields
+    a client of that replica and the slow write, whose answer is still to come."""
+    replica = cluster.replicas[0]
+    async with client(replica) as http, client(replica) as other:
+        await write_and_read_back(http, cluster, replica, "before")
+        yield http, await start_slow_write(other, cluster, value)
+
+
 async def test_a_replica_killed_with_a_write_in_flight_leaves_the_primary_to_finish_it_and_serve_on(
     tmp_path: Path,
 ) -> None:
     async with fault_cluster(tmp_path) as cluster:
         replica, primary = cluster.replicas[0], cluster.primary
-        async with client(replica) as http, client(replica) as other:
-            with anyio.fail_after(90):
-                await write_and_read_back(http, cluster, replica, "before")
-                slow = await start_slow_write(other, cluster, "in flight")  # committed; its answer is 2 s away
+        with anyio.fail_after(90):
+            async with slow_write_in_flight(cluster, "in flight") as (http, slow):  # committed; answer 2 s away
                 assert replica.pid is not None and replica.app is not None
                 os.kill(replica.pid, signal.SIGKILL)
                 with pytest.raises(httpx.TransportError):
@@ -363,11 +373,8 @@ async def test_a_graceful_stop_of_the_primary_runs_a_write_in_flight_once_and_an
     # websocket at once (1012): over the channel the write still runs to its end on the primary,
     # only its answer is lost, so the replica says it may have run (README, Failure behaviour).
     async with fault_cluster(tmp_path, FORWARDER_NODE_CHANNEL=node_channel) as cluster:
-        replica = cluster.replicas[0]
-        async with client(replica) as http, client(replica) as other:
-            with anyio.fail_after(60):
-                await write_and_read_back(http, cluster, replica, "before")
-                slow = await start_slow_write(other, cluster, "in flight")
+        with anyio.fail_after(60):
+            async with slow_write_in_flight(cluster, "in flight") as (_, slow):
                 await cluster.stop_node(cluster.primary.id)
                 answer = await slow
                 if node_channel == "false":
@@ -388,11 +395,9 @@ async def test_a_request_with_any_token_as_method_is_forwarded_without_breaking_
     # client may send one. The app answers it (405 here); requests beside it are not disturbed.
     async with fault_cluster(tmp_path, FORWARDER_NODE_CHANNEL=node_channel) as cluster:
         replica = cluster.replicas[0]
-        async with client(replica) as http, client(replica) as other:
-            with anyio.fail_after(60):
-                await write_and_read_back(http, cluster, replica, "before")
+        with anyio.fail_after(60):
+            async with slow_write_in_flight(cluster, "beside") as (http, slow):
                 opened = len(channel_peers(cluster))
-                slow = await start_slow_write(other, cluster, "beside")
                 odd = await http.request("M-SEARCH", "/items")
                 assert odd.status_code == 405, odd.text
                 assert odd.headers["forwarder-forwarded"] == "proxy"

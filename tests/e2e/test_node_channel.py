@@ -14,7 +14,7 @@ import re
 import signal
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +95,17 @@ def channel_peers(cluster: Cluster) -> list[int]:
     return [int(port) for port in re.findall(pattern, log_text(cluster, cluster.primary.id))]
 
 
+@contextlib.contextmanager
+def stopped(pid: int) -> Iterator[None]:
+    """Process `pid` stopped (SIGSTOP) for the block, and always let go on again after (if it lives)."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
 async def until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -167,14 +178,11 @@ async def test_a_primary_frozen_before_the_channel_opened_gets_a_quick_503_and_n
         assert pid is not None
         async with client(replica) as http:
             with anyio.fail_after(60):
-                os.kill(pid, signal.SIGSTOP)
-                try:
+                with stopped(pid):
                     # The handshake gets no answer within FORWARDER_CONNECT_TIMEOUT (2 s): nothing was sent.
                     started = time.monotonic()
                     frozen = await http.post("/items", json={"value": "frozen"})
                     elapsed = time.monotonic() - started
-                finally:
-                    os.kill(pid, signal.SIGCONT)
                 assert frozen.status_code == 503, frozen.text
                 assert frozen.headers["retry-after"] == "1"
                 assert elapsed < 2 + 2
@@ -195,13 +203,10 @@ async def test_a_frozen_primary_gets_a_504_after_the_forward_timeout_and_the_nex
             with anyio.fail_after(60):
                 await write_and_read_back(http, cluster, replica, "before")
                 assert len(channel_peers(cluster)) == 1
-                os.kill(pid, signal.SIGSTOP)
-                try:
+                with stopped(pid):
                     started = time.monotonic()
                     frozen = await http.post("/items", json={"value": "frozen"})
                     elapsed = time.monotonic() - started
-                finally:
-                    os.kill(pid, signal.SIGCONT)
                 assert frozen.status_code == 504, frozen.text
                 assert MAY_HAVE_RUN in frozen.text
                 assert "retry-after" not in frozen.headers  # not safe to retry
@@ -227,16 +232,13 @@ async def test_writes_piled_up_for_a_frozen_primary_are_still_answered_within_th
                 await write_and_read_back(http, cluster, replica, "before")
                 bodies = [json.dumps({"value": f"{i}:" + "x" * 60 * 1024}) for i in range(128)]
                 headers = {"content-type": "application/json"}
-                os.kill(pid, signal.SIGSTOP)
-                try:
+                with stopped(pid):
                     started = time.monotonic()
                     with anyio.move_on_after(10) as waited:
                         answers = await asyncio.gather(
                             *(http.post("/items", content=body, headers=headers) for body in bodies)
                         )
                     elapsed = time.monotonic() - started
-                finally:
-                    os.kill(pid, signal.SIGCONT)
                 assert not waited.cancelled_caught, "writes to the frozen primary still unanswered after 10 s"
                 assert {a.status_code for a in answers} <= {503, 504}, [a.text for a in answers]
                 assert elapsed < 2 + 4
@@ -260,24 +262,19 @@ async def test_a_primary_killed_with_a_write_in_flight_gets_a_prompt_504_and_a_n
                 def unread() -> int:
                     return sum(s.unread for s in sockets(pid) if s.remote_port in channel)
 
-                os.kill(pid, signal.SIGSTOP)
-                try:
+                with stopped(pid):
                     in_flight = asyncio.create_task(http.post("/items", json={"value": "in flight"}))
                     # Sent: the frozen primary's end of the channel holds bytes it has not read.
                     await until(lambda: in_flight.done() or unread() > 0, "the forwarded write to reach the primary")
                     assert not in_flight.done(), in_flight.result().text
                     killed = time.monotonic()
                     os.kill(pid, signal.SIGKILL)
-                finally:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGCONT)
                 response = await in_flight
                 elapsed = time.monotonic() - killed
                 assert response.status_code == 504, response.text
                 assert MAY_HAVE_RUN in response.text
                 assert elapsed < 5, f"answered {elapsed:.1f}s after the kill, not when the channel broke"
-                # Reaped first: until then the node's process still counts as running, and
-                # start_node would leave it as it is.
+                # Reaped first: the kill is delivered, and its exit status known, before the restart.
                 assert await primary.app.wait(10) == -signal.SIGKILL
                 await cluster.start_node(primary.id)
                 await write_and_read_back(http, cluster, replica, "after")

@@ -407,32 +407,30 @@ async def test_a_request_with_any_token_as_method_is_forwarded_without_breaking_
 # -- without the channel -----------------------------------------------------------------------
 
 
-async def test_a_primary_without_websockets_refuses_the_channel_and_writes_go_over_http(tmp_path: Path) -> None:
-    async with running_cluster(
-        app=APP, data_dir=tmp_path, replicas=1, app_dir=ROOT, edge=False, env={"UVICORN_WS": "none"}
-    ) as cluster:
+async def ten_forwarded_writes(tmp_path: Path, label: str, **env: str) -> Cluster:
+    """A cluster of its own with `env`; ten writes through its replica, each read back there. Returns
+    the cluster, stopped, for its logs."""
+    async with fault_cluster(tmp_path, **env) as cluster:
         replica = cluster.replicas[0]
         async with client(replica) as http:
             with anyio.fail_after(60):
                 for i in range(10):
-                    await write_and_read_back(http, cluster, replica, f"http-{i}")
-        primary_log = log_text(cluster, cluster.primary.id)
-        assert "Unsupported upgrade request" in primary_log  # UVICORN_WS=none reached uvicorn
-        assert OPENED not in primary_log
-        assert log_text(cluster, replica.id).count(REFUSED) == 1, "asked again before a minute passed"
+                    await write_and_read_back(http, cluster, replica, f"{label}-{i}")
+    return cluster
+
+
+async def test_a_primary_without_websockets_refuses_the_channel_and_writes_go_over_http(tmp_path: Path) -> None:
+    cluster = await ten_forwarded_writes(tmp_path, "http", UVICORN_WS="none")
+    primary_log = log_text(cluster, cluster.primary.id)
+    assert "Unsupported upgrade request" in primary_log  # UVICORN_WS=none reached uvicorn
+    assert OPENED not in primary_log
+    assert log_text(cluster, cluster.replicas[0].id).count(REFUSED) == 1, "asked again before a minute passed"
 
 
 async def test_with_the_channel_turned_off_writes_go_over_http_and_no_channel_opens(tmp_path: Path) -> None:
-    async with running_cluster(
-        app=APP, data_dir=tmp_path, replicas=1, app_dir=ROOT, edge=False, env={"FORWARDER_NODE_CHANNEL": "false"}
-    ) as cluster:
-        replica = cluster.replicas[0]
-        async with client(replica) as http:
-            with anyio.fail_after(60):
-                for i in range(10):
-                    await write_and_read_back(http, cluster, replica, f"off-{i}")
-        assert OPENED not in log_text(cluster, cluster.primary.id)
-        assert REFUSED not in log_text(cluster, replica.id)
+    cluster = await ten_forwarded_writes(tmp_path, "off", FORWARDER_NODE_CHANNEL="false")
+    assert OPENED not in log_text(cluster, cluster.primary.id)
+    assert REFUSED not in log_text(cluster, cluster.replicas[0].id)
 
 
 # -- the channel carries the forwarded requests ------------------------------------------------

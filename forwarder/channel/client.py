@@ -141,7 +141,6 @@ class Channel:
         self._ids = itertools.count(1)
         self.closed_because: str | None = None
         self.last_heard = time.monotonic()
-        self._closing: asyncio.Task[None] | None = None
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     @property
@@ -160,10 +159,22 @@ class Channel:
                 await (await self._connection.ping())
         except (ConnectionClosed, TimeoutError) as exc:
             reason = "it closed" if isinstance(exc, ConnectionClosed) else f"no answer in {timeout:g}s"
-            self.abort(f"the primary did not answer a ping on the channel ({reason})")
+            self.retire(f"the primary did not answer a ping on the channel ({reason})")
             return False
         self.last_heard = time.monotonic()
         return True
+
+    def retire(self, reason: str) -> None:
+        """Take no new request; close once the requests on the channel are done.
+
+        A primary slow to answer a ping may only be busy: what it is running still gets its
+        answer (or its own timeout), as each request would on a connection of its own.
+        """
+        if self.closed_because is None:
+            self.closed_because = reason
+            logger.warning("%s; new requests go on a new channel", reason)
+        if not self._streams:
+            self._connection.abort()
 
     def abort(self, reason: str) -> None:
         """Drop the channel now (nothing buffered is sent); every open stream fails with `reason`."""
@@ -212,6 +223,8 @@ class Channel:
 
     def _forget(self, stream_id: int) -> None:
         self._streams.pop(stream_id, None)
+        if self.closed_because is not None and not self._streams:
+            self._connection.abort()  # retired, and its last request is done
 
     async def _read(self) -> None:
         reason = "the primary closed the channel"

@@ -512,3 +512,39 @@ async def test_requests_waiting_on_a_handshake_that_times_out_fail_with_it_not_o
         elapsed = time.monotonic() - started
     assert all(isinstance(o, httpx.ConnectTimeout) for o in outcomes), outcomes
     assert len(attempts) == 1 and elapsed < 1.0, (len(attempts), elapsed)
+
+
+async def test_a_request_running_when_a_ping_goes_unanswered_still_gets_its_answer_on_the_old_channel() -> None:
+    # A primary slow to answer a ping may only be busy: the channel takes no new request, but what
+    # runs on it is answered there, and the channel closes once that is done.
+    release = asyncio.Event()
+    ref: list[Nodes] = []
+
+    async def slow_then_quick(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/slow":
+            await release.wait()
+        ref[0].log.commit()
+        ref[0].replica_engine.apply()
+        await PlainTextResponse(scope["path"], status_code=201)(scope, receive, send)
+
+    async with two_nodes(lambda: slow_then_quick, channel=True) as nodes:
+        ref.append(nodes)
+        client = nodes.replica.client
+        transport = client._transport
+        assert isinstance(transport, ChannelTransport)
+        with anyio.fail_after(5):
+            slow = asyncio.create_task(client.post("/slow", content=b"", timeout=httpx.Timeout(5, connect=0.3)))
+            while not nodes.links or not nodes.links[0].sent_by_client:
+                await asyncio.sleep(0.001)
+            assert transport._channel is not None
+            transport._channel.last_heard -= 60
+            nodes.links[0].frozen = True  # pings go unanswered
+            quick = await client.post("/quick", content=b"", timeout=httpx.Timeout(5, connect=0.3))
+            assert quick.status_code == 201 and len(nodes.links) == 2, "the new request went on a new channel"
+            assert not nodes.links[0].closed, "the old one still carries the request running on it"
+            release.set()
+            answer = await slow
+        assert (answer.status_code, answer.text) == (201, "/slow")
+        assert nodes.links[0].closed, "closed once its last request was done"

@@ -15,6 +15,7 @@ or when libc cannot be loaded, each falls back to the `os`/`select` call it stan
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 import select
@@ -90,20 +91,19 @@ def pread(fd: int, size: int, offset: int) -> bytes:
 
 
 class QuickPoll:
-    """`ready()`: does `fd` have something to read right now? Never blocks, keeps the GIL."""
+    """`ready()`: does `fd` have something to read right now? Never blocks, keeps the GIL.
+
+    `ready` is the libc call itself with its arguments bound (no Python frame of ours: it runs
+    before every replica response); it returns a true value when something is there, and -1
+    (EINTR and the like) counts as ready: the caller's read then says what is there.
+    """
 
     def __init__(self, fd: int) -> None:
         self._entry = _PollFd(fd, select.POLLIN, 0)
-        self._ref = ctypes.byref(self._entry)
-        self._poll: Callable[..., int] | None = None if _LIBC is None else _LIBC.poll
-        self._fallback: select.poll | None = None
-        if self._poll is None:
-            self._fallback = select.poll()
-            self._fallback.register(fd, select.POLLIN)
-
-    def ready(self) -> bool:
-        if self._poll is None:
-            assert self._fallback is not None
-            return bool(self._fallback.poll(0))
-        # -1 (EINTR and the like) counts as ready: the caller's read then says what is there.
-        return bool(self._poll(self._ref, _ONE_FD, _NO_WAIT))
+        self.ready: Callable[[], object]
+        if _LIBC is None:
+            fallback = select.poll()
+            fallback.register(fd, select.POLLIN)
+            self.ready = functools.partial(fallback.poll, 0)
+        else:
+            self.ready = functools.partial(_LIBC.poll, ctypes.byref(self._entry), _ONE_FD, _NO_WAIT)

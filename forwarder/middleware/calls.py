@@ -13,7 +13,7 @@ import logging
 from contextvars import Token
 
 from starlette.responses import PlainTextResponse
-from starlette.types import Message, Scope, Send
+from starlette.types import Message, Scope
 
 from .. import context
 from ..exceptions import OutcomeUnknown, PrimaryUnavailable
@@ -33,15 +33,14 @@ class CallTracking:
     """While one request runs on a replica: the txid of its `@primary_only` calls, stamped on its response.
 
     ```python
-    with CallTracking(scope, cookie_policy, send) as calls:
-        await app(scope, receive, calls.send)
+    with CallTracking(scope, cookie_policy) as calls:
+        await app(scope, receive, HeldErrorResponse(send, stamp, calls.stamp))
     ```
     """
 
-    def __init__(self, scope: Scope, cookie: CookiePolicy, send: Send) -> None:
+    def __init__(self, scope: Scope, cookie: CookiePolicy) -> None:
         self._scope = scope
         self._cookie = cookie
-        self._send = send
         self._writes = context.RequestWrites()
         self._token: Token[context.RequestWrites | None] | None = None
 
@@ -53,16 +52,15 @@ class CallTracking:
         if self._token is not None:
             context.stop_tracking(self._token)
 
-    async def send(self, message: Message) -> None:
-        """`send`, adding `Forwarder-Txid` and the cookie to the response start after a call that wrote."""
+    def stamp(self, message: Message) -> None:
+        """Add `Forwarder-Txid` and the cookie to a response start going out after a call that wrote."""
         txid = self._writes.txid
-        if txid is not None and message["type"] == "http.response.start":
+        if txid is not None:
             message["headers"] = [
                 *message.get("headers", ()),
                 (h.TXID, str(txid).encode()),
                 (b"set-cookie", set_cookie(self._cookie, self._scope, txid).encode()),
             ]
-        await self._send(message)
 
     def failure(self, exc: BaseException) -> PlainTextResponse | None:
         """The answer when `exc` says a `@primary_only` call did not get through to the primary, else None."""

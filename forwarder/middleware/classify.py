@@ -36,9 +36,10 @@ def classify(method: str, path: str, policy: RoutingPolicy) -> Route:
     """Internal paths first, then passthrough, then always-forward globs, then the method."""
     if path.startswith(INTERNAL_PREFIX):
         return INTERNAL
-    if policy.is_passthrough(path):
+    # Most apps set no path rules: an empty tuple is then all this costs.
+    if policy.passthrough and policy.is_passthrough(path):
         return PASSTHROUGH
-    if policy.is_always_forward(path):
+    if policy.always_forward and policy.is_always_forward(path):
         return ALWAYS_FORWARD
     if method in policy.read_methods or method.upper() in policy.read_methods:
         return READ

@@ -18,11 +18,11 @@ from ..runtime import Forwarder
 from ..txid import Txid
 from . import headers as h
 from .calls import CallTracking
-from .classify import Kind, classify
+from .classify import Kind, Route, classify
 from .cookie import clear_cookie, read_cookie, set_cookie, txid_in, txid_token
 from .discovery import BodyRecorder, HeldErrorResponse, needs_primary, replica_unavailable
-from .guard import admit, sealed
-from .hops import already_hopped, forwarded_as_write, header, later, our_replay
+from .guard import Glance, Refusal, admit, refuse, sealed
+from .hops import already_hopped, forwarded_as_write, header, later
 from .internal import serve_internal
 from .lifespan import run_lifespan
 from .proxy import forward_http, unavailable
@@ -60,29 +60,33 @@ class ForwarderMiddleware:
         self._node_header = [(h.NODE, forwarder.topology.node_id.encode())]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self._lifespan(scope, receive, send)
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            await (self._lifespan if kind == "lifespan" else self.app)(scope, receive, send)
             return
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
+        admitted = admit(self.forwarder, scope)  # the target rule, framing, node headers
+        if isinstance(admitted, Refusal):
+            await refuse(scope, send, *admitted)
             return
-        admitted = await admit(self.forwarder, scope, send)  # the target rule, framing, node headers
-        if admitted is None:
-            return
-        scope, send = admitted
+        scope, glance = admitted
         token = context._current.set(self.forwarder)
         try:
-            if scope["type"] == "http":
-                await self._http(scope, receive, send)
-            else:
+            if kind == "websocket":
                 await self._websocket(scope, receive, send)
+                return
+            # -- HTTP: one coroutine less for a read on a replica, the hot path.
+            route = classify(scope["method"], scope["path"], self.policy)
+            if route.kind is Kind.READ and not self.forwarder.is_primary:
+                await self._read_on_replica(scope, receive, send, glance)
+            else:
+                await self._http(scope, receive, send, route)
         finally:
             context._current.reset(token)
 
     # -- HTTP ----------------------------------------------------------------------------------
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = classify(scope["method"], scope["path"], self.policy)
+    async def _http(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
+        """Everything but a read on a replica: internal paths, passthrough, the primary, writes."""
         if route.kind is Kind.INTERNAL:
             await serve_internal(self.forwarder, scope, receive, send)
         elif route.kind is Kind.PASSTHROUGH:
@@ -95,10 +99,8 @@ class ForwarderMiddleware:
             # @primary_endpoint) is a write here: it gets a txid, the cookie and the replica's wait.
             is_read = route.kind is Kind.READ and not forwarded_as_write(scope)
             await self._on_primary(scope, receive, send, is_read=is_read)
-        elif route.kind is Kind.WRITE:
-            await self._forward(scope, receive, send, route.reason)
         else:
-            await self._read_on_replica(scope, receive, send)
+            await self._forward(scope, receive, send, route.reason)
 
     async def _on_primary(self, scope: Scope, receive: Receive, send: Send, *, is_read: bool) -> None:
         forwarder, cookie_policy = self.forwarder, self.policy.cookie
@@ -137,27 +139,18 @@ class ForwarderMiddleware:
 
         await self.app(scope, receive, send_with_txid)
 
-    async def _read_on_replica(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # The hot path of a replica: one pass over the headers, one wrapper around send.
+    async def _read_on_replica(self, scope: Scope, receive: Receive, send: Send, glance: Glance) -> None:
+        # The hot path of a replica: the headers were read once (`glance`), one wrapper around send.
         forwarder = self.forwarder
         stale = False
-        cookies: list[bytes] = []
-        token: bytes | None = None
-        hopped = False
-        for key, value in scope["headers"]:
-            if key == b"cookie":
-                cookies.append(value)
-            elif key == h.TXID:
-                token = value
-            elif key == h.FORWARDED_BY or (key == b"fly-replay-src" and our_replay(value)):
-                hopped = True
         wanted = None
-        if not hopped:
-            if cookies:
-                wanted = txid_in(cookies, self.policy.cookie.name)
-            if token is not None:
+        # A node header or a replay source this node sealed means the request made its hop already.
+        if not ((glance.claimed or glance.replayed) and already_hopped(scope)):
+            if glance.cookies:
+                wanted = txid_in(glance.cookies, self.policy.cookie.name)
+            if glance.token is not None:
                 # The header form of the cookie, for API clients that keep no cookies.
-                wanted = later(wanted, txid_token(token))
+                wanted = later(wanted, txid_token(glance.token))
         if wanted is not None and wanted > forwarder.tracker.position:
             try:
                 await forwarder.wait_for(wanted, cause="cookie")
@@ -169,28 +162,31 @@ class ForwarderMiddleware:
                     await unavailable(f"{exc}", status=504, retry_after=None)(scope, receive, send)
                     return
                 stale = True
-        engine = forwarder.engine
+        engine, limit = forwarder.engine, self.policy.max_buffered_body
         if not engine.restored or engine.problem is not None:
             # Nothing local to read yet (first restore), or a copy the app has written to.
             await self._forward(scope, receive, send, "restoring" if not engine.restored else "modified")
             return
-        recorder = BodyRecorder(receive, self.policy.max_buffered_body)
-        # As of the last look: a write not yet seen is then put down to this request, which runs again
-        # on the primary (harmless for a read); one look fewer on every request's way.
-        writes = engine.local_writes(look=False)
-        with CallTracking(scope, self.policy.cookie, send) as calls:
+        # HTTP/1 with neither Content-Length nor Transfer-Encoding has no body (RFC 9112 section 6.3):
+        # nothing to keep for a second run on the primary. Others keep what the app reads.
+        recorder = None if not glance.framed and scope.get("http_version") in _HTTP1 else BodyRecorder(receive, limit)
+        with CallTracking(scope, self.policy.cookie) as calls:
+            # The writes as of the last look: one not yet seen is then put down to this request, which
+            # runs again on the primary (harmless for a read); one look fewer on every request's way.
             held = HeldErrorResponse(
-                calls.send,
+                send,
                 [*self._node_header, (h.STALE, b"1")] if stale else self._node_header,
-                lambda: engine.local_writes() != writes,
+                calls.stamp,
+                engine.local_writes,
+                engine.local_writes(look=False),
             )
             try:
-                await self.app(scope, recorder, held)
+                await self.app(scope, receive if recorder is None else recorder, held)
             except Exception as exc:
                 # A write (read-only error), a @primary_endpoint, or a copy not readable right now
                 # (the follower's lock past the busy timeout, a restore): the primary answers instead.
                 reason = needs_primary(exc) or replica_unavailable(exc, restoring=not engine.restored)
-                body = None if reason is None or held.started else await recorder.rest()
+                body = None if reason is None or held.started else await _whole(recorder)
                 if reason is None or body is None:
                     await self._failed(exc, held, calls, scope, receive)
                     return
@@ -200,14 +196,15 @@ class ForwarderMiddleware:
                 await self._forward(scope, receive, send, reason, body=body)
                 return
         if held.wrote:
-            await self._rerun_on_primary(scope, receive, send, recorder, held)
+            held.discard()
+            await self._rerun_on_primary(scope, receive, send, await _whole(recorder))
             return
         await held.release()
 
     async def _passthrough_on_replica(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Served here, never forwarded; only a `@primary_only` call inside it shows in the response."""
-        with CallTracking(scope, self.policy.cookie, send) as calls:
-            held = HeldErrorResponse(calls.send, self._node_header)
+        with CallTracking(scope, self.policy.cookie) as calls:
+            held = HeldErrorResponse(send, self._node_header, calls.stamp)
             try:
                 await self.app(scope, receive, held)
             except Exception as exc:
@@ -227,13 +224,10 @@ class ForwarderMiddleware:
         held.discard()
         await answer(scope, receive, held.passed)
 
-    async def _rerun_on_primary(
-        self, scope: Scope, receive: Receive, send: Send, recorder: BodyRecorder, held: HeldErrorResponse
-    ) -> None:
+    async def _rerun_on_primary(self, scope: Scope, receive: Receive, send: Send, body: bytes | None) -> None:
         """The replica's file was written while this request ran: its response is not sent; the
-        request runs on the primary, where the write counts, and the local one is restored over."""
-        held.discard()
-        body = await recorder.rest()
+        request runs on the primary (with `body`, None when too large), where the write counts, and
+        the local one is restored over."""
         if body is None:
             message = (
                 f"the app wrote to replica {self.forwarder.topology.node_id}'s own database file, where writes are "
@@ -382,6 +376,14 @@ class ForwarderMiddleware:
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         await run_lifespan(self.app, self.forwarder, scope, receive, send)
+
+
+_HTTP1 = ("1.1", "1.0")
+
+
+async def _whole(recorder: BodyRecorder | None) -> bytes | None:
+    """The request's whole body (None when too large to keep); a request with no body has b""."""
+    return b"" if recorder is None else await recorder.rest()
 
 
 async def _live_position(forwarder: Forwarder) -> Txid:

@@ -118,8 +118,9 @@ class HeldErrorResponse:
     Starlette's `ServerErrorMiddleware` sends a 500 and then re-raises; holding it lets the
     middleware drop it and forward the request instead when the error says "run on the primary".
 
-    `wrote_locally`, when given, says whether the replica's file was written while the request
-    ran (the app on a writable URL): such a response is held too (`wrote` is then True), so the
+    `local_writes`, when given, counts the writes the replica's file has seen; a count other than
+    `seen` (the count when the request began) means the file was written while the request ran
+    (the app on a writable URL): such a response is held too (`wrote` is then True), so the
     request can run on the primary instead and the local write, which no other node will ever
     see, is never acknowledged. If the write comes after the response has started, its last
     message is not sent: `LocalWriteAfterResponse` breaks the connection, and the client sees
@@ -127,11 +128,18 @@ class HeldErrorResponse:
     """
 
     def __init__(
-        self, send: Send, stamp: list[tuple[bytes, bytes]], wrote_locally: Callable[[], bool] | None = None
+        self,
+        send: Send,
+        stamp: list[tuple[bytes, bytes]],
+        stamp_calls: Callable[[Message], None],
+        local_writes: Callable[[], int] | None = None,
+        seen: int = 0,
     ) -> None:
         self._send = send
         self._stamp = stamp  # headers added to the response (Forwarder-Node, ...)
-        self._wrote_locally = wrote_locally
+        self._stamp_calls = stamp_calls  # ... and, as it goes out, the txid of the request's @primary_only calls
+        self._local_writes = local_writes
+        self._seen = seen
         self._held: list[Message] = []
         self.started = False  # something reached the client
         self.wrote = False
@@ -147,6 +155,7 @@ class HeldErrorResponse:
                 self._held.append(message)
                 return
             self.started = True
+            self._stamp_calls(message)
         elif message["type"] == "http.response.body" and not message.get("more_body", False) and self._wrote():
             raise LocalWriteAfterResponse(
                 "the app wrote to this replica's database file while streaming a response; the response "
@@ -155,7 +164,7 @@ class HeldErrorResponse:
         await self._send(message)
 
     def _wrote(self) -> bool:
-        if self._wrote_locally is not None and self._wrote_locally():
+        if self._local_writes is not None and self._local_writes() != self._seen:
             self.wrote = True
         return self.wrote
 
@@ -163,6 +172,7 @@ class HeldErrorResponse:
         held, self._held = self._held, []
         if held:
             self.started = True
+            self._stamp_calls(held[0])  # the response start
         for message in held:
             await self._send(message)
 
@@ -174,4 +184,5 @@ class HeldErrorResponse:
         if message["type"] == "http.response.start":
             message["headers"] = [*message.get("headers", ()), *self._stamp]
             self.started = True
+            self._stamp_calls(message)
         await self._send(message)

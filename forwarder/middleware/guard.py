@@ -12,18 +12,20 @@
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 from starlette.types import Scope, Send
 
 from ..logsafe import clean
-from ..node_headers import NODE_SIGNATURE, PREFIX, opened_replay_source, seal_replay, verified_headers
+from ..node_headers import CLIENT_HEADERS, NODE_SIGNATURE, PREFIX, opened_replay_source, seal_replay, verified_headers
 from ..runtime import Forwarder
+from . import headers as h
 from .classify import INTERNAL_PREFIX
 from .replay import came_through_fly_proxy
 from .target import target_problem
 from .websocket import deny_websocket, supports_denial
 
-__all__ = ["admit", "framing_problem", "refuse", "sealed"]
+__all__ = ["Glance", "Refusal", "admit", "framing_problem", "refuse", "sealed"]
 
 logger = logging.getLogger("forwarder.middleware")
 
@@ -63,32 +65,66 @@ async def refuse(scope: Scope, send: Send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def admit(forwarder: Forwarder, scope: Scope, send: Send) -> tuple[Scope, Send] | None:
-    """The scope (node headers checked) and send to serve the request with, or None when the
-    request was refused here."""
-    # One pass says which checks have anything to look at: most requests carry no body framing
-    # headers, no node headers and no fly-replay-src, and then cost nothing more.
+class Glance:
+    """What one pass over a request's headers found: all the entry checks and a replica read look at.
+
+    Most requests carry no body framing headers, no node headers and no `fly-replay-src`; then no
+    check has anything more to do, and a replica read takes its cookie and txid token from here.
+    """
+
+    __slots__ = ("claimed", "cookies", "framed", "replayed", "token")
+
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        framed = claimed = replayed = False
+        cookies: list[bytes] = []
+        token: bytes | None = None
+        for key, value in headers:
+            name = key.lower()
+            if name == b"cookie":
+                cookies.append(value)
+            elif name.startswith(PREFIX):
+                if name == h.TXID:
+                    token = value
+                elif name not in CLIENT_HEADERS:
+                    claimed = True
+            elif name == b"content-length" or name == b"transfer-encoding":
+                framed = True
+            elif name == b"fly-replay-src":
+                replayed = True
+        self.framed = framed
+        """Content-Length or Transfer-Encoding present: the request may have a body."""
+        self.claimed = claimed
+        """Node headers present (`forwarder-*` other than the client's own): checked, unsigned ones dropped."""
+        self.replayed = replayed
+        """`fly-replay-src` present: opened, an unsealed state removed."""
+        self.cookies = cookies
+        """Every `Cookie` header value."""
+        self.token = token
+        """The `Forwarder-Txid` header (the read-your-writes cookie's header form), if any."""
+
+
+class Refusal(NamedTuple):
+    """The answer to a request refused at the entry: `refuse(scope, send, *refusal)`."""
+
+    status: int
+    message: str
+
+
+def admit(forwarder: Forwarder, scope: Scope) -> tuple[Scope, Glance] | Refusal:
+    """The scope to serve the request with (node headers checked) and what its headers hold, or the
+    refusal to answer with. No await: this runs before every request."""
     headers: list[tuple[bytes, bytes]] = scope["headers"]
-    framed = claimed = replayed = False
-    for key, _ in headers:
-        name = key.lower()
-        if name.startswith(PREFIX):
-            claimed = True
-        elif name == b"content-length" or name == b"transfer-encoding":
-            framed = True
-        elif name == b"fly-replay-src":
-            replayed = True
+    glance = Glance(headers)
     problem = target_problem(scope)
-    if problem is None and framed and scope["type"] == "http":
+    if problem is None and glance.framed and scope["type"] == "http":
         problem = framing_problem(headers)
     if problem is not None:
         logger.info("refused %s %s: %s", clean(scope.get("method", "GET")), clean(scope.get("raw_path", "")), problem)
-        await refuse(scope, send, 400, problem)
-        return None
+        return Refusal(400, problem)
     method = scope.get("method", "GET")
-    if claimed:
+    if glance.claimed:
         scope = _checked_node_headers(forwarder, scope, method)
-    if replayed:
+    if glance.replayed:
         secret = forwarder.node_secret
         opened = [
             (k, opened_replay_source(secret, v, method, scope["path"], max_age=forwarder.signature_max_age))
@@ -100,15 +136,12 @@ async def admit(forwarder: Forwarder, scope: Scope, send: Send) -> tuple[Scope, 
     path: str = scope["path"]
     if path.startswith(INTERNAL_PREFIX) and came_through_fly_proxy(scope):
         if not (path == HEALTH_PATH and forwarder.security.public_health):
-            await refuse(
-                scope,
-                send,
+            return Refusal(
                 403,
                 f"{INTERNAL_PREFIX}* is served on the private network only, not through the public proxy "
                 "(Fly-Client-IP present); set FORWARDER_PUBLIC_HEALTH=true to expose /_forwarder/health",
             )
-            return None
-    return scope, send
+    return scope, glance
 
 
 def _checked_node_headers(forwarder: Forwarder, scope: Scope, method: str) -> Scope:

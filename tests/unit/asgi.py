@@ -27,7 +27,14 @@ def http_scope(
 
 
 async def call(app: ASGIApp, scope: Scope, body: bytes = b"") -> list[Message]:
-    """Run one request through `app`; return every message it sent."""
+    """Run one request through `app`; return every message it sent.
+
+    Like an HTTP/1.1 server, the scope says how long a body is: a body with neither Content-Length
+    nor Transfer-Encoding in `scope` gets a Content-Length (on HTTP/1 a request without them has none).
+    """
+    framed = any(k.lower() in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
+    if body and not framed and scope.get("http_version", "1.1") in ("1.0", "1.1"):
+        scope = {**scope, "headers": [*scope["headers"], (b"content-length", str(len(body)).encode())]}
     incoming: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
     sent: list[Message] = []
 

@@ -254,6 +254,26 @@ async def test_a_malformed_cookie_is_ignored() -> None:
 # -- late write discovery -----------------------------------------------------------------------
 
 
+async def test_a_get_with_no_body_framing_is_forwarded_with_no_body() -> None:
+    # HTTP/1 without Content-Length or Transfer-Encoding: no body, none kept for the second run.
+    ref: list[Nodes] = []
+    async with two_nodes(lambda: board(ref)) as nodes:
+        ref.append(nodes)
+        nodes.log.auto_apply = True
+        sent = await call(nodes.replica_app, http_scope("GET", "/count"))
+    assert status_of(sent) == 200 and body_of(sent) == b"counted on node-p: "
+
+
+async def test_an_http2_body_without_content_length_is_kept_for_the_primary() -> None:
+    # HTTP/2 frames a body without Content-Length: the replica keeps what the app read.
+    ref: list[Nodes] = []
+    async with two_nodes(lambda: board(ref)) as nodes:
+        ref.append(nodes)
+        nodes.log.auto_apply = True
+        sent = await call(nodes.replica_app, http_scope("GET", "/count", http_version="2"), b"sent over h2")
+    assert status_of(sent) == 200 and body_of(sent) == b"counted on node-p: sent over h2"
+
+
 @pytest.mark.parametrize("mode", ["proxy", "replay"])
 async def test_a_readonly_error_on_a_replica_is_forwarded_not_shown(mode: str) -> None:
     ref: list[Nodes] = []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -47,13 +47,13 @@ class RequestWrites:
 _writes: ContextVar[RequestWrites | None] = ContextVar("forwarder.writes", default=None)
 
 
-def track_writes(writes: RequestWrites) -> Token[RequestWrites | None]:
-    """Record calls made from here on (in this context and those copied from it) into `writes`."""
-    return _writes.set(writes)
+track_writes = _writes.set
+"""`track_writes(writes)`: record calls made from here on (in this context and those copied from it)
+into `writes`; returns the token for `stop_tracking`. The variable's own method: no frame of ours,
+on every replica read."""
 
-
-def stop_tracking(token: Token[RequestWrites | None]) -> None:
-    _writes.reset(token)
+stop_tracking = _writes.reset
+"""`stop_tracking(token)`: back to what was tracked before `track_writes`."""
 
 
 def note_write(txid: Txid) -> None:

@@ -97,6 +97,20 @@ class Engine(ABC):
         be written by the app (LiteFS) always say 0."""
         return 0
 
+    @property
+    def unreadable(self) -> str | None:
+        """Why a replica read cannot be served from the local copy now, or None: "restoring" (not
+        `restored`) or "modified" (a `problem`). One look, made before every replica read."""
+        if not self.restored:
+            return "restoring"
+        return None if self.problem is None else "modified"
+
+    @property
+    def write_counter(self) -> Callable[[], int] | None:
+        """`local_writes()` as one callable, called before each part of a replica's response; None
+        when the app cannot write the local file (the engine does not override `local_writes`)."""
+        return None if type(self).local_writes is Engine.local_writes else self.local_writes
+
     async def read_position(self) -> Txid:
         """The position asked of the engine now (on the primary: including commits made outside
         any request, by start-up DDL, a cron job or another process). Default: `position`."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,19 @@ class LitestreamEngine(Engine):
 
     def local_writes(self, *, look: bool = True) -> int:
         return 0 if self._role is Role.PRIMARY else self._guard.check() if look else self._guard.writes
+
+    @property
+    def unreadable(self) -> str | None:
+        if self._role is Role.PRIMARY:
+            return None
+        if not self._watch.restored:
+            return "restoring"
+        return None if self._guard.problem is None else "modified"
+
+    @property
+    def write_counter(self) -> Callable[[], int] | None:
+        # The guard's own check: no frame of the engine's on the way (it runs twice per response).
+        return None if self._role is Role.PRIMARY or not self._guard.watching else self._guard.check
 
     async def start(self) -> None:
         """Primary: read the current txid if the socket is already up. Replica: start watching `-txid`."""

@@ -29,7 +29,7 @@ __all__ = ["CallTracking"]
 logger = logging.getLogger("forwarder.middleware")
 
 
-class CallTracking:
+class CallTracking(context.RequestWrites):
     """While one request runs on a replica: the txid of its `@primary_only` calls, stamped on its response.
 
     ```python
@@ -38,14 +38,16 @@ class CallTracking:
     ```
     """
 
+    __slots__ = ("_cookie", "_scope", "_token")
+
     def __init__(self, scope: Scope, cookie: CookiePolicy) -> None:
+        self.txid = None
         self._scope = scope
         self._cookie = cookie
-        self._writes = context.RequestWrites()
         self._token: Token[context.RequestWrites | None] | None = None
 
     def __enter__(self) -> CallTracking:
-        self._token = context.track_writes(self._writes)
+        self._token = context.track_writes(self)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -54,7 +56,7 @@ class CallTracking:
 
     def stamp(self, message: Message) -> None:
         """Add `Forwarder-Txid` and the cookie to a response start going out after a call that wrote."""
-        txid = self._writes.txid
+        txid = self.txid
         if txid is not None:
             message["headers"] = [
                 *message.get("headers", ()),

@@ -163,9 +163,9 @@ class ForwarderMiddleware:
                     return
                 stale = True
         engine, limit = forwarder.engine, self.policy.max_buffered_body
-        if not engine.restored or engine.problem is not None:
-            # Nothing local to read yet (first restore), or a copy the app has written to.
-            await self._forward(scope, receive, send, "restoring" if not engine.restored else "modified")
+        unreadable = engine.unreadable  # nothing local to read yet (first restore), or a copy the app wrote to
+        if unreadable is not None:
+            await self._forward(scope, receive, send, unreadable)
             return
         # HTTP/1 with neither Content-Length nor Transfer-Encoding has no body (RFC 9112 section 6.3):
         # nothing to keep for a second run on the primary. Others keep what the app reads.
@@ -177,7 +177,7 @@ class ForwarderMiddleware:
                 send,
                 [*self._node_header, (h.STALE, b"1")] if stale else self._node_header,
                 calls.stamp,
-                engine.local_writes,
+                engine.write_counter,
                 engine.local_writes(look=False),
             )
             try:
@@ -198,8 +198,8 @@ class ForwarderMiddleware:
         if held.wrote:
             held.discard()
             await self._rerun_on_primary(scope, receive, send, await _whole(recorder))
-            return
-        await held.release()
+        elif held.holding:
+            await held.release()
 
     async def _passthrough_on_replica(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Served here, never forwarded; only a `@primary_only` call inside it shows in the response."""

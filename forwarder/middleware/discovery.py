@@ -176,6 +176,11 @@ class HeldErrorResponse:
         for message in held:
             await self._send(message)
 
+    @property
+    def holding(self) -> bool:
+        """Whether a response is held back (then `release()` or `discard()` it)."""
+        return bool(self._held)
+
     def discard(self) -> None:
         self._held.clear()
 

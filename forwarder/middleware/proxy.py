@@ -148,7 +148,7 @@ async def _answer(
     waited = 0.0
     # A copy that is restoring, or that the app wrote to, is not read from until it is whole
     # again (reads go to the primary), so there is nothing to wait for on it.
-    usable = forwarder.engine.restored and forwarder.engine.problem is None
+    usable = forwarder.engine.unreadable is None
     if txid_text and usable:
         wait_started = time.perf_counter()
         try:

@@ -121,3 +121,26 @@ def test_the_check_reads_every_waiting_record(guard: FollowerGuard) -> None:
         db.execute("INSERT INTO t VALUES (1)")
         db.commit()
     assert guard.check() >= 1
+
+
+@pytest.mark.anyio
+async def test_a_litestream_replica_counts_writes_with_the_guards_own_check(tmp_path: Path) -> None:
+    from forwarder.engines.base import Role
+    from forwarder.engines.litestream import LitestreamEngine
+
+    database = tmp_path / "app.db"
+    _follower_file(database)
+    engine = LitestreamEngine(database, Role.REPLICA)
+    assert engine.write_counter is None  # not watching yet: nothing to count with
+    await engine.start()
+    try:
+        counter = engine.write_counter
+        assert counter is not None and counter() == 0 and engine.unreadable is None
+        with closing(sqlite3.connect(database)) as db:
+            db.execute("INSERT INTO t VALUES (1)")
+            db.commit()
+            assert counter() >= 1
+        assert engine.unreadable == "modified"
+    finally:
+        await engine.aclose()
+    assert LitestreamEngine(database, Role.PRIMARY).write_counter is None

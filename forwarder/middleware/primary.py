@@ -1,0 +1,92 @@
+"""Serving on the primary: a write's txid, cookie and `Server-Timing`; `Forwarder-Node` on every response."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..policy import CookiePolicy
+from ..runtime import Forwarder
+from ..txid import Txid
+from . import headers as h
+from .cookie import clear_cookie, read_cookie, set_cookie
+from .hops import header
+
+__all__ = ["serve_on_primary", "stamped"]
+
+logger = logging.getLogger("forwarder.middleware")
+
+
+async def serve_on_primary(
+    app: ASGIApp,
+    forwarder: Forwarder,
+    cookie_policy: CookiePolicy,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    *,
+    is_read: bool,
+) -> None:
+    """Run the request in `app` on the primary. A write's response carries `Forwarder-Txid` (the txid
+    that covers its commit), the read-your-writes cookie and `Server-Timing` (app, commit); a read's
+    drops a cookie that is ahead of the primary itself."""
+    if is_read:
+        extra: list[tuple[str, str]] = []
+        wanted = read_cookie(scope, cookie_policy)
+        if wanted is not None and wanted > forwarder.tracker.position and wanted > await _live_position(forwarder):
+            # Ahead of the primary itself: written before a failover that lost it. Waiting
+            # would never end; drop the cookie.
+            logger.warning("dropping a %s cookie at %s, ahead of the primary", cookie_policy.name, wanted)
+            extra.append(("set-cookie", clear_cookie(cookie_policy, scope)))
+        await app(scope, receive, stamped(send, forwarder.topology.node_id, extra))
+        return
+
+    started = time.perf_counter()
+
+    async def start_with_txid(message: Message) -> None:
+        headers = MutableHeaders(scope=message)
+        headers.append("forwarder-node", forwarder.topology.node_id)
+        app_done = time.perf_counter()
+        try:
+            # A replica that proxied the write waits for this txid now; anyone else reads later.
+            txid = await forwarder.commit_position(prompt=header(scope, h.FORWARDED_BY) is None)
+        except Exception:
+            # The write is committed; failing the response now would make the client think
+            # it was not. Tell replicas there is nothing to wait for instead.
+            logger.exception("could not read the commit position after a write")
+            headers.append("forwarder-stale", "1")
+        else:
+            headers.append("forwarder-txid", str(txid))
+            headers.append("set-cookie", set_cookie(cookie_policy, scope, txid))
+        app_ms, commit_ms = (app_done - started) * 1000, (time.perf_counter() - app_done) * 1000
+        headers.append("server-timing", f"app;dur={app_ms:.3f}, commit;dur={commit_ms:.3f}")
+        await send(message)
+
+    def send_with_txid(message: Message) -> Awaitable[None]:
+        # The body goes straight to `send`'s own awaitable: no coroutine of ours per message.
+        return start_with_txid(message) if message["type"] == "http.response.start" else send(message)
+
+    await app(scope, receive, send_with_txid)
+
+
+def stamped(send: Send, node_id: str, extra: list[tuple[str, str]] | None = None) -> Send:
+    """`send` with `Forwarder-Node` (and `extra` headers) added to the response start."""
+    stamp = [(h.NODE, node_id.encode()), *((k.encode(), v.encode()) for k, v in extra or ())]
+
+    def send_stamped(message: Message) -> Awaitable[None]:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), *stamp]
+        return send(message)  # its own awaitable: no coroutine of ours per message
+
+    return send_stamped
+
+
+async def _live_position(forwarder: Forwarder) -> Txid:
+    try:
+        return await forwarder.commit_position()
+    except Exception:
+        return forwarder.tracker.position

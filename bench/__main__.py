@@ -62,7 +62,7 @@ def main() -> None:
     results["wake"] = asyncio.run(wake.main(40 if args.quick else 300, 1.0 if args.quick else 2.0))
     results["wake"]["ten_thousand_waiters_uvloop"] = wake.ten_thousand_on_uvloop(1.0 if args.quick else 2.0)
     print("read path...", flush=True)
-    results["read_path"] = read_path.run(2 if args.quick else 10, 1, 16, max_rounds=2 if args.quick else 40)
+    results["read_path"] = read_path.run(2 if args.quick else 8, 2, 16, max_rounds=2 if args.quick else 36)
     print("SQLModel read...", flush=True)
     results["sqlmodel_read"] = sqlmodel_read.run(2 if args.quick else 8, 2, 16, max_rounds=2 if args.quick else 30)
     results.update(asyncio.run(cluster_benchmarks(args.quick)))
@@ -126,8 +126,10 @@ def render(results: dict[str, Any]) -> str:
             f"{many['poll50_wake_all_10000_ms']} ms.",
             "",
             *_uvloop_wake(results["wake"].get("ten_thousand_waiters_uvloop")),
-            "**Read path** (GET throughput on a replica, middleware / bare app; wrk on both at once per "
-            "round, which starts first alternating, rounds until the spread is under +-0.03)",
+            "**Read path** (GET throughput on a replica, middleware / bare app; 2 s rounds, wrk on both at "
+            "once, each server and its wrk pinned to a CPU of their own, CPUs swapped every round and which "
+            "starts first every other; one paired ratio per two rounds, their geometric mean; rounds until "
+            "the spread is under +-0.03)",
             "",
             table(read_rows, read_path.COLUMNS),
             "",

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from bench.profile_hop import package_of, self_time_by_package
-from bench.read_path import spread
+from bench.read_path import pair_cpus, pin, spread
 from bench.stats import percentile, summary_ms, table
 
 
@@ -53,3 +57,24 @@ def test_the_spread_is_the_half_width_of_the_medians_interval() -> None:
     wide = spread([0.70, 1.10, 0.80, 1.00, 0.90, 0.60, 1.20, 0.90])
     assert 0 < tight < 0.02 < wide
     assert spread([0.70, 1.10, 0.80, 1.00]) == spread([0.70, 1.10, 0.80, 1.00])  # seeded: reproducible
+
+
+def test_pin_puts_every_thread_of_a_process_on_one_cpu() -> None:
+    cpus = pair_cpus()
+    if not cpus:
+        assert len(os.sched_getaffinity(0)) < 2
+        return
+    # A child with a second thread: both must move.
+    code = "import threading, time; threading.Thread(target=time.sleep, args=(30,)).start(); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        tasks = Path(f"/proc/{child.pid}/task")
+        for _ in range(200):
+            if len(list(tasks.iterdir())) >= 2:
+                break
+            time.sleep(0.01)  # until the child has started its thread
+        pin(child.pid, cpus[1])
+        assert {os.sched_getaffinity(int(tid.name)) == {cpus[1]} for tid in tasks.iterdir()} == {True}
+    finally:
+        child.kill()
+        child.wait(5)

@@ -104,14 +104,6 @@ class LitestreamEngine(Engine):
         return 0 if self._role is Role.PRIMARY else self._guard.check() if look else self._guard.writes
 
     @property
-    def unreadable(self) -> str | None:
-        if self._role is Role.PRIMARY:
-            return None
-        if not self._watch.restored:
-            return "restoring"
-        return None if self._guard.problem is None else "modified"
-
-    @property
     def write_counter(self) -> Callable[[], int] | None:
         # The guard's own check: no frame of the engine's on the way (it runs twice per response).
         return None if self._role is Role.PRIMARY or not self._guard.watching else self._guard.check

@@ -20,6 +20,7 @@ from bench import (
     node_channel,
     primary_cost,
     profile_hop,
+    read_instructions,
     read_path,
     server_stack,
     sqlmodel_read,
@@ -62,7 +63,9 @@ def main() -> None:
     results["wake"] = asyncio.run(wake.main(40 if args.quick else 300, 1.0 if args.quick else 2.0))
     results["wake"]["ten_thousand_waiters_uvloop"] = wake.ten_thousand_on_uvloop(1.0 if args.quick else 2.0)
     print("read path...", flush=True)
-    results["read_path"] = read_path.run(2 if args.quick else 8, 2, 16, max_rounds=2 if args.quick else 36)
+    results["read_path"] = read_path.run(2 if args.quick else 8, 2, 16, max_rounds=2 if args.quick else 30)
+    print("read path in instructions...", flush=True)
+    results["read_instructions"] = read_instructions.run(100 if args.quick else 400)
     print("SQLModel read...", flush=True)
     results["sqlmodel_read"] = sqlmodel_read.run(2 if args.quick else 8, 2, 16, max_rounds=2 if args.quick else 30)
     results.update(asyncio.run(cluster_benchmarks(args.quick)))
@@ -133,6 +136,7 @@ def render(results: dict[str, Any]) -> str:
             "",
             table(read_rows, read_path.COLUMNS),
             "",
+            *_instructions_section(results.get("read_instructions")),
             "**SQLModel read** (FastAPI + SQLModel app: replica through `forwarder.sqlalchemy` / the same app "
             "with SQLAlchemy's default pool on a single node; rounds as for the read path)",
             "",
@@ -196,6 +200,32 @@ def _primary_sections(results: dict[str, Any]) -> list[str]:
             "",
         ]
     return out
+
+
+def _instructions_section(counted: dict[str, Any] | None) -> list[str]:
+    """The read path in instructions, and the functions the middleware adds (absent from older runs)."""
+    if not counted:
+        return []
+    added = counted["added_calls"]["/hello"]
+    ours = ", ".join(
+        f"`{r['function'].removeprefix('forwarder/').replace('.py:', '.')}` {r['calls / request']:g}"
+        for r in added
+        if not r["function"].startswith("C:")
+    )
+    builtins = sum(row["calls / request"] for row in added if row["function"].startswith("C:"))
+    calls = counted["calls_per_request"]["/hello"]
+    return [
+        "**Read path in instructions** (the same two servers under `valgrind --tool=callgrind`, counting only "
+        f"{counted['requests']} sequential keep-alive GETs per path: instructions per request do not move with "
+        "the machine's neighbours)",
+        "",
+        table(counted["rows"], read_instructions.COLUMNS),
+        "",
+        f"Calls per `/hello` in the event loop's thread (a coroutine's resumption counts as a call): bare "
+        f"{calls['bare']}, forwarder {calls['forwarder']}. The middleware's: {ours}; and {builtins:g} calls "
+        "of built-in functions (dict.get, startswith, ContextVar.set / reset, ...).",
+        "",
+    ]
 
 
 def _channel_section(channel: dict[str, Any] | None) -> list[str]:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import http.server
 import math
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from bench.profile_hop import package_of, self_time_by_package
+from bench.read_instructions import added_calls, get_many, total_instructions
 from bench.read_path import pair_cpus, pin, spread
 from bench.stats import percentile, summary_ms, table
 
@@ -78,3 +84,59 @@ def test_pin_puts_every_thread_of_a_process_on_one_cpu() -> None:
     finally:
         child.kill()
         child.wait(5)
+
+
+def test_the_instruction_total_is_the_dumps_totals_line(tmp_path: Path) -> None:
+    dump = tmp_path / "callgrind.out.1"
+    dump.write_bytes(b"# callgrind format\nevents: Ir\nsummary: 0\nfn=(1) main\n16 3\ntotals: 1129008466\n")
+    assert total_instructions(dump) == 1129008466
+    dump.write_bytes(b"events: Ir\n")
+    with pytest.raises(RuntimeError, match="no instruction total"):
+        total_instructions(dump)
+
+
+def test_added_calls_are_the_difference_per_request_most_first() -> None:
+    bare = {"C:dict.get": 7.0, "starlette:__call__": 3.0}
+    ours = {"C:dict.get": 13.0, "starlette:__call__": 3.0, "forwarder/guard.py:admit": 1.0, "x:rare": 0.2}
+    assert added_calls(bare, ours) == [
+        {"function": "C:dict.get", "calls / request": 6.0},
+        {"function": "forwarder/guard.py:admit", "calls / request": 1.0},
+    ]
+
+
+class _Counting(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: every GET of one `get_many` on one connection
+    seen: list[tuple[str, int]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append((self.path, self.client_address[1]))
+        body = b"hello" if self.path != "/missing" else b"no"
+        self.send_response(200 if self.path != "/missing" else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return None
+
+
+@pytest.fixture
+def counting_server() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Counting)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        _Counting.seen.clear()
+
+
+def test_get_many_sends_exactly_that_many_gets_on_one_connection(counting_server: int) -> None:
+    get_many(counting_server, "/hello", 25)
+    assert len(_Counting.seen) == 25
+    assert {path for path, _ in _Counting.seen} == {"/hello"}
+    assert len({port for _, port in _Counting.seen}) == 1
+    with pytest.raises(RuntimeError, match="404"):
+        get_many(counting_server, "/missing", 1)

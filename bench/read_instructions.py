@@ -1,0 +1,202 @@
+"""Read path in instructions: what one GET costs a replica's server process, middleware against bare app.
+
+Throughput on a shared 2-core machine moves with its neighbours; the number of instructions a request
+runs does not. Each server (`bench.apps.read_app`, bare and wrapped in `ForwarderMiddleware` as a
+Litestream replica, on uvicorn's default stack) runs under `valgrind --tool=callgrind` with counting
+off; after a warm-up, counting is switched on for exactly `requests` sequential keep-alive GETs of a
+path, then off, and the dump's total divided by `requests` is the figure. The two servers are counted
+at the same time, each alone in its process, so nothing the other does is in its count.
+
+It also says which functions the difference is made of: the same servers without valgrind
+(`bench.apps.call_counter`) count every function called in the event loop's thread over `requests`
+GETs, and the functions the middleware adds are listed with their calls per request.
+
+    .venv/bin/python -m bench.read_instructions [--requests 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bench.read_path import PATHS, make_database
+from bench.servers import REPO, free_port
+from bench.stats import report
+
+COLUMNS = [
+    "handler",
+    "bare instructions / request",
+    "forwarder instructions / request",
+    "added by the middleware",
+    "ratio (bare / forwarder)",
+    "requests",
+]
+SIDES = {"bare": "0", "forwarder": "1"}
+_TOTALS = re.compile(rb"^totals:\s*(\d+)", re.MULTILINE)
+
+
+def get_many(port: int, path: str, count: int) -> None:
+    """`count` GETs of `path`, one after another on one keep-alive connection, each read to its end."""
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as conn:
+        pending = b""
+        for _ in range(count):
+            conn.sendall(request)
+            while b"\r\n\r\n" not in pending:
+                pending += _recv(conn)
+            head, _, pending = pending.partition(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"GET {path}: {head.splitlines()[0].decode('latin-1')}")
+            length = int(re.search(rb"(?im)^content-length:\s*(\d+)", head).group(1))  # type: ignore[union-attr]
+            while len(pending) < length:
+                pending += _recv(conn)
+            pending = pending[length:]
+
+
+def _recv(conn: socket.socket) -> bytes:
+    data = conn.recv(65536)
+    if not data:
+        raise RuntimeError("the server closed the connection")
+    return data
+
+
+def total_instructions(dump: Path) -> int:
+    """The instruction total of one callgrind dump (its `totals:` line)."""
+    match = _TOTALS.search(dump.read_bytes())
+    if match is None:
+        raise RuntimeError(f"no instruction total in {dump}")
+    return int(match.group(1))
+
+
+@contextmanager
+def server(wrapped: str, database: Path, out: Path, *, callgrind: bool) -> Iterator[tuple[int, int]]:
+    """A read-app server on a free port, under callgrind (counting off) or counting calls; yields (port, pid)."""
+    port = free_port()
+    env = {**os.environ, "BENCH_WRAPPED": wrapped, "BENCH_DATABASE": str(database), "BENCH_CALLS_OUT": str(out)}
+    app = "bench.apps.read_app:app" if callgrind else "bench.apps.call_counter:app"
+    argv = [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    if callgrind:
+        argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", *argv]
+    process = subprocess.Popen(argv, env=env, cwd=REPO, start_new_session=True, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180  # Python's start-up under valgrind takes tens of seconds
+        while True:
+            try:
+                get_many(port, "/hello", 1)
+                break
+            except (OSError, RuntimeError):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the {app} server did not start (exit status {process.poll()})") from None
+                time.sleep(0.2)
+        yield port, process.pid
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
+def count_instructions(wrapped: str, database: Path, tmp: Path, requests: int) -> dict[str, int]:
+    """Instructions per GET of each path on one server under callgrind."""
+    out = tmp / f"callgrind-{wrapped}.out"
+    per_request: dict[str, int] = {}
+    with server(wrapped, database, out, callgrind=True) as (port, pid):
+        for index, path in enumerate(PATHS, start=1):
+            get_many(port, path, max(50, requests // 4))  # warm-up: caches, lazy imports, the thread pool
+            _control(pid, "--instr=on")
+            get_many(port, path, requests)
+            _control(pid, "--instr=off")
+            _control(pid, "--dump")
+            dump = Path(f"{out}.{index}")
+            deadline = time.monotonic() + 30
+            while not dump.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            per_request[path] = round(total_instructions(dump) / requests)
+    return per_request
+
+
+def _control(pid: int, option: str) -> None:
+    subprocess.run(["callgrind_control", option, str(pid)], check=True, capture_output=True, timeout=60)
+
+
+def count_calls(wrapped: str, database: Path, tmp: Path, requests: int) -> dict[str, dict[str, float]]:
+    """Calls per GET of each path, by function, in the event loop's thread of one server."""
+    out = tmp / f"calls-{wrapped}.json"
+    calls: dict[str, dict[str, float]] = {}
+    with server(wrapped, database, out, callgrind=False) as (port, pid):
+        for path in PATHS:
+            get_many(port, path, requests)  # warm-up
+            os.kill(pid, signal.SIGUSR1)
+            get_many(port, path, requests)
+            os.kill(pid, signal.SIGUSR2)
+            deadline = time.monotonic() + 10
+            while not out.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            rows = json.loads(out.read_text())
+            out.unlink()
+            calls[path] = {f"{where}:{name}": count / requests for where, name, count in rows}
+    return calls
+
+
+def added_calls(bare: dict[str, float], ours: dict[str, float]) -> list[dict[str, Any]]:
+    """The functions the middleware adds to a request (calls per request, forwarder minus bare), most first."""
+    difference = {name: round(ours.get(name, 0.0) - bare.get(name, 0.0), 2) for name in set(bare) | set(ours)}
+    added = sorted((name for name, more in difference.items() if more >= 0.5), key=lambda n: (-difference[n], n))
+    return [{"function": name, "calls / request": difference[name]} for name in added]
+
+
+def run(requests: int) -> dict[str, Any]:
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("the instruction count needs valgrind: apt-get install valgrind")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        database = tmp / "app.db"
+        make_database(database)
+        with ThreadPoolExecutor(len(SIDES)) as pool:  # one server on each CPU, counted at the same time
+            futures = {name: pool.submit(count_instructions, w, database, tmp, requests) for name, w in SIDES.items()}
+            counted = {name: future.result() for name, future in futures.items()}
+        calls = {name: count_calls(wrapped, database, tmp, requests) for name, wrapped in SIDES.items()}
+    rows = []
+    for path in PATHS:
+        bare, ours = counted["bare"][path], counted["forwarder"][path]
+        rows.append(
+            {
+                "handler": path,
+                "bare instructions / request": bare,
+                "forwarder instructions / request": ours,
+                "added by the middleware": ours - bare,
+                "ratio (bare / forwarder)": round(bare / ours, 3),
+                "requests": requests,
+            }
+        )
+    added = {path: added_calls(calls["bare"][path], calls["forwarder"][path]) for path in PATHS}
+    python_calls = {path: {name: round(sum(calls[name][path].values()), 1) for name in SIDES} for path in PATHS}
+    return {"rows": rows, "added_calls": added, "calls_per_request": python_calls, "requests": requests}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="read-path instructions per request, middleware vs bare app")
+    parser.add_argument("--requests", type=int, default=400, help="GETs counted per path and server")
+    args = parser.parse_args()
+    result = run(args.requests)
+    report("read_instructions", result, result["rows"], COLUMNS)
+    for path, added in result["added_calls"].items():
+        print(f"{path}: calls per request {result['calls_per_request'][path]}; added by the middleware:")
+        for row in added:
+            print(f"  {row['calls / request']:5.2f}  {row['function']}")

@@ -5,7 +5,10 @@ runs does not. Each server (`bench.apps.read_app`, bare and wrapped in `Forwarde
 Litestream replica, on uvicorn's default stack) runs under `valgrind --tool=callgrind` with counting
 off; after a warm-up, counting is switched on for exactly `requests` sequential keep-alive GETs of a
 path, then off, and the dump's total divided by `requests` is the figure. The two servers are counted
-at the same time, each alone in its process, so nothing the other does is in its count.
+at the same time, each alone in its process, so nothing the other does is in its count. (The
+SQLModel app is not counted this way: `forwarder.sqlalchemy` keeps an idle replica connection for
+10 ms, and at valgrind's speed that linger ends between two requests, so the count would include a
+connection opened per request that the app at full speed does not open.)
 
 It also says which functions the difference is made of: the same servers without valgrind
 (`bench.apps.call_counter`) count every function called in the event loop's thread over `requests`

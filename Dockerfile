@@ -14,7 +14,7 @@ COPY pyproject.toml README.md ./
 COPY forwarder ./forwarder
 COPY example_app ./example_app
 # No litestream extra: on Fly, LiteFS replicates.
-# server: uvloop, which litefs.yml's uvicorn command line asks for (with h11: see litefs.yml).
+# server: uvloop and httptools, which litefs.yml's uvicorn command line asks for.
 RUN pip install --no-cache-dir ".[metrics,server]"
 
 COPY litefs.yml /etc/litefs.yml

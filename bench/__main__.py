@@ -177,7 +177,7 @@ def _primary_sections(results: dict[str, Any]) -> list[str]:
             "**Primary cost** (the same write app: bare; with `litestream replicate` and a follower, no forwarder; "
             "as the primary of a forwarder cluster; the same with `POST /sync` per write as before; wrk POSTs, "
             "one setup at a time with the others paused, order rotating per round; every setup on the nodes' "
-            "server stack, uvloop + h11)",
+            "server stack, uvloop + httptools)",
             "",
             table(rows, primary_cost.COLUMNS),
             "",
@@ -193,8 +193,8 @@ def _primary_sections(results: dict[str, Any]) -> list[str]:
     if "server_stack" in results:
         rows = [{k: v for k, v in row.items() if k != "runs"} for row in results["server_stack"]["rows"]]
         out += [
-            "**Server stack** (three clusters side by side, order rotating: uvloop + h11 as `forwarder dev` starts "
-            "nodes now, uvloop + httptools, asyncio + h11)",
+            "**Server stack** (three clusters side by side, order rotating: uvloop + httptools as `forwarder dev` "
+            "starts nodes now, uvloop + h11, asyncio + h11)",
             "",
             table(rows, server_stack.COLUMNS),
             "",
@@ -215,9 +215,9 @@ def _instructions_section(counted: dict[str, Any] | None) -> list[str]:
     builtins = sum(row["calls / request"] for row in added if row["function"].startswith("C:"))
     calls = counted["calls_per_request"]["/hello"]
     return [
-        "**Read path in instructions** (the same two servers under `valgrind --tool=callgrind`, counting only "
-        f"{counted['requests']} sequential keep-alive GETs per path: instructions per request do not move with "
-        "the machine's neighbours)",
+        "**Read path in instructions** (the read-path servers on httptools, and the forwarder one on h11 too, "
+        f"under `valgrind --tool=callgrind`, counting only {counted['requests']} sequential keep-alive GETs per "
+        "path: instructions per request do not move with the machine's neighbours)",
         "",
         table(counted["rows"], read_instructions.COLUMNS),
         "",

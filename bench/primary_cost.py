@@ -2,7 +2,7 @@
 
 Setups, all started for the whole benchmark, each loaded in turn by one `wrk` thread of POSTs, the
 order rotating every round, all on the server stack the cluster's nodes run (`forwarder dev`:
-uvloop + h11; the baselines too, so the ratio is forwarder's and not the HTTP parser's). While
+uvloop + httptools; the baselines too, so the ratio is forwarder's and not the HTTP parser's). While
 one setup is loaded every other one is paused (SIGSTOP, its followers through their supervisors):
 each idle cluster's Litestream processes poll every 10 ms, and six of them loaded the 2 cores
 enough to swing even the `no txid` floor between 0.6 and 1.15 of `litestream` from row to row.

@@ -1,11 +1,12 @@
 """Read path in instructions: what one GET costs a replica's server process, middleware against bare app.
 
 Throughput on a shared 2-core machine moves with its neighbours; the number of instructions a request
-runs does not. Each server (`bench.apps.read_app`, bare and wrapped in `ForwarderMiddleware` as a
-Litestream replica, on uvicorn's default stack) runs under `valgrind --tool=callgrind` with counting
-off; after a warm-up, counting is switched on for exactly `requests` sequential keep-alive GETs of a
-path, then off, and the dump's total divided by `requests` is the figure. The two servers are counted
-at the same time, each alone in its process, so nothing the other does is in its count. (The
+runs does not. Each server (`bench.apps.read_app` bare, and wrapped in `ForwarderMiddleware` as a
+Litestream replica, on uvicorn's default parser, httptools; the wrapped one on h11 as well, for what
+the parser costs) runs under `valgrind --tool=callgrind` with counting off; after a warm-up,
+counting is switched on for exactly `requests` sequential keep-alive GETs of a path, then off, and
+the dump's total divided by `requests` is the figure. The servers are counted at the same time,
+each in its own process, so nothing another does is in its count. (The
 SQLModel app is not counted this way: `forwarder.sqlalchemy` keeps an idle replica connection for
 10 ms, and at valgrind's speed that linger ends between two requests, so the count would include a
 connection opened per request that the app at full speed does not open.)
@@ -46,9 +47,11 @@ COLUMNS = [
     "forwarder instructions / request",
     "added by the middleware",
     "ratio (bare / forwarder)",
+    "forwarder on h11 instructions / request",
     "requests",
 ]
 SIDES = {"bare": "0", "forwarder": "1"}
+H11 = "forwarder on h11"
 _TOTALS = re.compile(rb"^totals:\s*(\d+)", re.MULTILINE)
 
 
@@ -86,12 +89,17 @@ def total_instructions(dump: Path) -> int:
 
 
 @contextmanager
-def server(wrapped: str, database: Path, out: Path, *, callgrind: bool) -> Iterator[tuple[int, int]]:
-    """A read-app server on a free port, under callgrind (counting off) or counting calls; yields (port, pid)."""
+def server(
+    wrapped: str, database: Path, out: Path, *, callgrind: bool, http: str | None = None
+) -> Iterator[tuple[int, int]]:
+    """A read-app server on a free port (uvicorn's default parser, or `http`), under callgrind (counting
+    off) or counting calls; yields (port, pid)."""
     port = free_port()
     env = {**os.environ, "BENCH_WRAPPED": wrapped, "BENCH_DATABASE": str(database), "BENCH_CALLS_OUT": str(out)}
     app = "bench.apps.read_app:app" if callgrind else "bench.apps.call_counter:app"
     argv = [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    if http is not None:
+        argv += ["--http", http]
     if callgrind:
         argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", *argv]
     process = subprocess.Popen(argv, env=env, cwd=REPO, start_new_session=True, stderr=subprocess.DEVNULL)
@@ -115,11 +123,13 @@ def server(wrapped: str, database: Path, out: Path, *, callgrind: bool) -> Itera
             process.wait(10)
 
 
-def count_instructions(wrapped: str, database: Path, tmp: Path, requests: int) -> dict[str, int]:
+def count_instructions(
+    wrapped: str, database: Path, tmp: Path, requests: int, http: str | None = None
+) -> dict[str, int]:
     """Instructions per GET of each path on one server under callgrind."""
-    out = tmp / f"callgrind-{wrapped}.out"
+    out = tmp / f"callgrind-{wrapped}-{http or 'default'}.out"
     per_request: dict[str, int] = {}
-    with server(wrapped, database, out, callgrind=True) as (port, pid):
+    with server(wrapped, database, out, callgrind=True, http=http) as (port, pid):
         for index, path in enumerate(PATHS, start=1):
             get_many(port, path, max(50, requests // 4))  # warm-up: caches, lazy imports, the thread pool
             _control(pid, "--instr=on")
@@ -171,8 +181,10 @@ def run(requests: int) -> dict[str, Any]:
         tmp = Path(tmp_name)
         database = tmp / "app.db"
         make_database(database)
-        with ThreadPoolExecutor(len(SIDES)) as pool:  # one server on each CPU, counted at the same time
+        with ThreadPoolExecutor(len(SIDES) + 1) as pool:  # each count is the process's own: side by side
             futures = {name: pool.submit(count_instructions, w, database, tmp, requests) for name, w in SIDES.items()}
+            # What the nodes would pay on h11 instead of httptools (`forwarder dev`'s default).
+            futures[H11] = pool.submit(count_instructions, "1", database, tmp, requests, "h11")
             counted = {name: future.result() for name, future in futures.items()}
         calls = {name: count_calls(wrapped, database, tmp, requests) for name, wrapped in SIDES.items()}
     rows = []
@@ -185,6 +197,7 @@ def run(requests: int) -> dict[str, Any]:
                 "forwarder instructions / request": ours,
                 "added by the middleware": ours - bare,
                 "ratio (bare / forwarder)": round(bare / ours, 3),
+                "forwarder on h11 instructions / request": counted[H11][path],
                 "requests": requests,
             }
         )

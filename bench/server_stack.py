@@ -1,7 +1,7 @@
-"""The node-to-node hop on uvloop + h11 (`forwarder dev`'s default), uvloop + httptools and asyncio + h11.
+"""The node-to-node hop on uvloop + httptools (`forwarder dev`'s default), uvloop + h11 and asyncio + h11.
 
 Three local clusters of the write app run side by side: one as `forwarder dev` starts it now
-(`--loop uvloop --http h11`), the others with `UVICORN_LOOP` / `UVICORN_HTTP` set. Round by
+(`--loop uvloop --http httptools`), the others with `UVICORN_LOOP` / `UVICORN_HTTP` set. Round by
 round, alternating which goes first: a block of writes one at a time on each (direct on the
 primary, then proxied through a replica, decomposed from `Server-Timing`), then a `wrk` run of
 forwarded writes at 32 connections from the replica.
@@ -28,8 +28,8 @@ from bench.write_throughput import wrk
 from forwarder.dev import Cluster
 
 STACKS = {
-    "uvloop + h11 (forwarder dev's default)": {},
-    "uvloop + httptools": {"UVICORN_LOOP": "uvloop", "UVICORN_HTTP": "httptools"},
+    "uvloop + httptools (forwarder dev's default)": {},
+    "uvloop + h11": {"UVICORN_LOOP": "uvloop", "UVICORN_HTTP": "h11"},
     "asyncio + h11": {"UVICORN_LOOP": "asyncio", "UVICORN_HTTP": "h11"},
 }
 COLUMNS = [

@@ -45,7 +45,7 @@ def free_port() -> int:
 def uvicorn_server(app: str, env: Mapping[str, str], ready_path: str, *, like_nodes: bool = False) -> Iterator[str]:
     """Serve `app` ("module:attribute") on a free loopback port; yield its URL once `ready_path` answers.
 
-    `like_nodes`: on the server stack `forwarder dev` runs cluster nodes on (uvloop + h11), for a
+    `like_nodes`: on the server stack `forwarder dev` runs cluster nodes on (uvloop + httptools), for a
     baseline measured against a node; otherwise uvicorn's own default (httptools when installed),
     as `uvicorn app:app` runs it.
     """

@@ -30,12 +30,17 @@ async def test_a_far_future_cookie_does_not_turn_the_replica_red() -> None:
 
 
 @pytest.mark.e2e
-async def test_a_real_replica_cannot_be_pointed_at_a_server_claiming_a_huge_txid(real_cluster: Cluster) -> None:
-    replica = real_cluster.replicas[0]
+async def test_a_real_replica_cannot_be_pointed_at_a_server_claiming_a_huge_txid(on_stack: Cluster, stack: str) -> None:
+    replica = on_stack.replicas[0]
     async with decoy_server("ffffffffffffffff") as decoy:
         for target in (f"{decoy.url}/api/messages", f"@{decoy.url.removeprefix('http://')}/api/messages"):
             reply = await raw_exchange(replica.url, request("GET", target, "x", "Cookie: __txid=00000000ffffffff"))
-            assert reply.status == 400, reply
+            if stack == "httptools" and target.startswith("http://"):
+                # httptools reduced it to its path: read here (the cookie's wait times out, then
+                # the primary serves it), never from the decoy.
+                assert reply.status == 200 and reply.headers.get("forwarder-node") in {n.id for n in on_stack.nodes}
+            else:
+                assert reply.status == 400, reply
         assert decoy.hits == []
     async with httpx.AsyncClient() as client:
         health = await client.get(replica.url + "/_forwarder/health")

@@ -73,13 +73,16 @@ async def test_a_forwarded_request_goes_to_the_configured_primary_only() -> None
     [("POST", ()), ("PUT", ()), ("DELETE", ()), ("GET", ("Cookie: __txid=00000000ffffffff",))],
 )
 async def test_absolute_form_to_a_real_replica_never_reaches_the_other_host(
-    real_cluster: Cluster, method: str, extra: tuple[str, ...]
+    on_stack: Cluster, stack: str, method: str, extra: tuple[str, ...]
 ) -> None:
-    replica = real_cluster.replicas[0]
+    replica = on_stack.replicas[0]
     async with decoy_server() as decoy:
         target = f"{decoy.url}/latest/meta-data/iam"
         reply = await raw_exchange(replica.url, request(method, target, "x", *extra, body=b"{}"))
-        assert reply.status == 400, reply
+        if stack == "h11":  # the target as it came: the middleware refuses it
+            assert reply.status == 400, reply
+        else:  # httptools reduced it to its path: the cluster serves that path, which the app has not
+            assert reply.status == 404 and "forwarder-node" in reply.headers, reply
         assert b"DECOY" not in reply.body
         assert decoy.hits == []
 

@@ -1,4 +1,4 @@
-"""`forwarder dev` runs uvicorn on uvloop when installed, with the h11 parser, unless told otherwise."""
+"""`forwarder dev` runs uvicorn on uvloop and httptools when installed (else h11), unless told otherwise."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pytest
 from forwarder.dev.processes import fast_server_options
 
 
-def test_uvloop_is_named_when_installed_and_the_parser_is_always_h11(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_uvloop_and_httptools_are_named_when_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
-    assert fast_server_options({}) == ["--loop", "uvloop", "--http", "h11"]
+    assert fast_server_options({}) == ["--loop", "uvloop", "--http", "httptools"]
 
 
-def test_without_uvloop_only_the_parser_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_uvicorn_standard_the_parser_is_h11(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert fast_server_options({}) == ["--http", "h11"]
 

@@ -17,23 +17,22 @@ KEEPALIVE_EXPIRY = 2.0
 with "Server disconnected without sending a response", a write of unknown outcome)."""
 
 
-def primary_client(
-    url: str,
-    *,
-    timeout: httpx.Timeout,
-    transport: httpx.AsyncBaseTransport | None = None,
-    handshake: Callable[[], list[tuple[bytes, bytes]]] | None = None,
-) -> httpx.AsyncClient:
-    """The client a node sends everything for the primary with: `transport` when given (tests), else
-    pooled HTTP connections, behind the node channel when `handshake` signs its opening."""
-    if transport is None:
-        # Idle connections are dropped before uvicorn's own 5 s keep-alive timeout closes them:
-        # a request sent on a connection the primary is closing gets no answer, and for a write
-        # that is a 504 ("may have run") where nothing ran.
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE_EXPIRY)
-        transport = ShardedTransport(limits)
-        if handshake is not None:
-            transport = ChannelTransport(transport, handshake=handshake, max_streams=256)
+def node_transport(handshake: Callable[[], list[tuple[bytes, bytes]]] | None = None) -> httpx.AsyncBaseTransport:
+    """Pooled HTTP connections to the primary, behind the node channel when `handshake` signs its
+    opening (then a `ChannelTransport`)."""
+    # Idle connections are dropped before uvicorn's own 5 s keep-alive timeout closes them:
+    # a request sent on a connection the primary is closing gets no answer, and for a write
+    # that is a 504 ("may have run") where nothing ran.
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE_EXPIRY)
+    transport: httpx.AsyncBaseTransport = ShardedTransport(limits)
+    if handshake is not None:
+        transport = ChannelTransport(transport, handshake=handshake, max_streams=256)
+    return transport
+
+
+def primary_client(url: str, *, timeout: httpx.Timeout, transport: httpx.AsyncBaseTransport) -> httpx.AsyncClient:
+    """The client a node sends everything for the primary with, over `transport` (`node_transport`,
+    or what tests pass)."""
     return node_client(base_url=url, timeout=timeout, transport=transport)
 
 

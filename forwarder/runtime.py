@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 
 from . import context
-from ._http import primary_client
-from .channel.transport import signed_handshake
+from ._http import node_transport, primary_client
+from .channel.transport import ChannelTransport, signed_handshake
 from .database import Database
 from .engines.base import Engine, PrimaryInfo, Role
 from .engines.factory import engine_from
@@ -128,6 +128,7 @@ class Forwarder:
         # RPC request ids already executed: in the replicated database, so restarts and failovers keep them.
         self.seen_calls: SeenCalls = seen_calls_for(self.database)
         self._client: httpx.AsyncClient | None = None
+        self._channel: ChannelTransport | None = None
         self._rpc: RPCClient | None = None
         self._retired: list[httpx.AsyncClient] = []  # pools to former primaries
         self._state = _State.UNOPENED
@@ -151,20 +152,9 @@ class Forwarder:
         if role is None:
             # Decided once the engine has started (LiteFS asks /info); until then, take no writes.
             role = "replica"
-        topology = Topology(
-            node_id=settings.node_id,
-            region=settings.region,
-            role=Role(role),
-            primary_url=settings.primary_url,
-            primary_id=settings.primary_id or (settings.node_id if role == "primary" else None),
-            primary_region=settings.primary_region,
-            app_name=settings.app_name,
-            port=settings.port,
-            primary_url_template=settings.primary_url_template,
-        )
         return cls(
             engine=engine,
-            topology=topology,
+            topology=settings.topology(Role(role)),
             secret=settings.secret.get_secret_value() if settings.secret else None,
             registry=registry,
             database=str(settings.database),
@@ -280,15 +270,23 @@ class Forwarder:
                     "(or FLY_APP_NAME on Fly, so it can be derived from the primary's machine id)"
                 )
             channel = self.node_channel and bool(self._secret)
+            transport = self._transport or node_transport(
+                partial(signed_handshake, self._secret, self.topology.node_id) if channel else None
+            )
+            self._channel = transport if isinstance(transport, ChannelTransport) else None
             self._client = primary_client(
-                url,
-                timeout=httpx.Timeout(self.forward_timeout, connect=self.connect_timeout),
-                transport=self._transport,
-                handshake=partial(signed_handshake, self._secret, self.topology.node_id) if channel else None,
+                url, timeout=httpx.Timeout(self.forward_timeout, connect=self.connect_timeout), transport=transport
             )
             # The RPC client shares the pool, so it is rebuilt with it.
             self._rpc = RPCClient(self._client, self._secret, timeout=self.rpc_timeout)
         return self._client
+
+    @property
+    def channel(self) -> ChannelTransport | None:
+        """The node channel under `client`, on which the proxy sends whole bodies itself; None when
+        forwarding goes over HTTP only (no secret, `node_channel=False`, a test's transport)."""
+        self.client  # noqa: B018 - builds the pool, and the channel with it, when needed
+        return self._channel
 
     @property
     def rpc(self) -> RPCClient:
@@ -310,7 +308,7 @@ class Forwarder:
             if self._client is not None and self.topology.primary_url != before[1]:
                 # Requests in flight finish on the old pool; it is closed with the forwarder.
                 self._retired.append(self._client)
-                self._client = self._rpc = None
+                self._client = self._rpc = self._channel = None
 
     # -- operations --------------------------------------------------------------------------
 

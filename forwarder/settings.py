@@ -9,10 +9,12 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .engines.base import Role
 from .exceptions import ConfigurationError
 from .policy import CookiePolicy, RoutingPolicy
 from .security import SecurityPolicy
 from .settings_errors import settings_problems
+from .topology import Topology
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
@@ -148,6 +150,21 @@ class ForwarderSettings(BaseSettings):
             ),
             replay_timeout=self.replay_timeout,
             replay_fallback=None if self.replay_fallback == "none" else self.replay_fallback,
+        )
+
+    def topology(self, role: Role) -> Topology:
+        """This node's place in the cluster from these settings, as `role` (the resolved one, or the
+        replica's until the engine says)."""
+        return Topology(
+            node_id=self.node_id,
+            region=self.region,
+            role=role,
+            primary_url=self.primary_url,
+            primary_id=self.primary_id or (self.node_id if role is Role.PRIMARY else None),
+            primary_region=self.primary_region,
+            app_name=self.app_name,
+            port=self.port,
+            primary_url_template=self.primary_url_template,
         )
 
     def security_policy(self) -> SecurityPolicy:

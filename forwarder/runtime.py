@@ -278,7 +278,7 @@ class Forwarder:
                 url, timeout=httpx.Timeout(self.forward_timeout, connect=self.connect_timeout), transport=transport
             )
             # The RPC client shares the pool, so it is rebuilt with it.
-            self._rpc = RPCClient(self._client, self._secret, timeout=self.rpc_timeout)
+            self._rpc = RPCClient(self._client, self._secret, timeout=self.rpc_timeout, channel=self._channel)
         return self._client
 
     @property

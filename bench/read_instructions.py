@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.read_path import PATHS, make_database
-from bench.servers import REPO, free_port
+from bench.servers import REPO, free_port, stop_group
 from bench.stats import report
 
 COLUMNS = [
@@ -115,12 +115,7 @@ def server(
                 time.sleep(0.2)
         yield port, process.pid
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        stop_group(process, 30)  # valgrind writes its last dump on the way out
 
 
 def count_instructions(

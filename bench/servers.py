@@ -70,10 +70,15 @@ def uvicorn_server(app: str, env: Mapping[str, str], ready_path: str, *, like_no
         yield url
     finally:
         SERVER_PIDS.pop(url, None)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        stop_group(process, 10)
+
+
+def stop_group(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM the process group `process` leads (started with `start_new_session`), SIGKILL it after `timeout` s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)

@@ -56,11 +56,11 @@ _ONE_FD = ctypes.c_ulong(1)  # nfds_t
 _NO_WAIT = ctypes.c_int(0)  # timeout, ms
 
 
-def exists(path: str) -> bool:
+def exists(path: str | bytes) -> bool:
     """`os.path.exists(path)`."""
     if _LIBC is None:
         return os.path.exists(path)
-    return bool(_LIBC.access(os.fsencode(path), os.F_OK) == 0)
+    return bool(_LIBC.access(path if isinstance(path, bytes) else os.fsencode(path), os.F_OK) == 0)
 
 
 def file_id(path: str) -> tuple[int, int] | None:

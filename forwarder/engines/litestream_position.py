@@ -200,14 +200,14 @@ def latest_l0(ltx_dir: Path, hint: int = 0, known: LtxHead | None = None) -> Ltx
 
 
 def _probe(ltx_dir: Path, hint: int) -> tuple[int, str] | None:
-    name = f"{hint:016x}-{hint:016x}.ltx"
-    if not quick_calls.exists(os.path.join(ltx_dir, name)):
+    # Names built as bytes on the encoded directory: no path join or encoding per probe (a write
+    # on the primary makes two).
+    directory = os.fsencode(ltx_dir)
+    if not quick_calls.exists(b"%s/%016x-%016x.ltx" % (directory, hint, hint)):
         return None
-    while True:
-        following = f"{hint + 1:016x}-{hint + 1:016x}.ltx"
-        if not quick_calls.exists(os.path.join(ltx_dir, following)):
-            return hint, name
-        hint, name = hint + 1, following
+    while quick_calls.exists(b"%s/%016x-%016x.ltx" % (directory, hint + 1, hint + 1)):
+        hint += 1
+    return hint, f"{hint:016x}-{hint:016x}.ltx"
 
 
 def _list(ltx_dir: Path) -> tuple[int, str] | None:

@@ -74,7 +74,15 @@ class ForwarderMiddleware:
                 await self._websocket(scope, receive, send)
                 return
             route = classify(scope["method"], scope["path"], self.policy)
-            if route.kind is not Kind.READ or self.forwarder.is_primary:
+            kind = route.kind
+            if self.forwarder.is_primary and (kind is Kind.READ or kind is Kind.WRITE):
+                # A read that a replica sent here because its app tried to write (or hit a
+                # @primary_endpoint) is a write here: it gets a txid, the cookie and the replica's wait.
+                is_read = kind is Kind.READ and not forwarded_as_write(scope)
+                policy = self.policy.cookie
+                await serve_on_primary(self.app, self.forwarder, policy, scope, receive, send, is_read=is_read)
+                return
+            if kind is not Kind.READ:
                 await self._http(scope, receive, send, route)
                 return
             # A read on a replica, the hot path: served right here, not one coroutine further down
@@ -116,7 +124,8 @@ class ForwarderMiddleware:
     # -- HTTP ----------------------------------------------------------------------------------
 
     async def _http(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
-        """Everything but a read on a replica: internal paths, passthrough, the primary, writes."""
+        """Internal paths, passthrough, and writes on a replica (the primary's reads and writes are
+        served in `__call__`, with no coroutine of ours around the app's)."""
         if route.kind is Kind.INTERNAL:
             await serve_internal(self.forwarder, scope, receive, send)
         elif route.kind is Kind.PASSTHROUGH:
@@ -124,11 +133,6 @@ class ForwarderMiddleware:
                 await self.app(scope, receive, stamped(send, self.forwarder.topology.node_id))
             else:
                 await self._passthrough_on_replica(scope, receive, send)
-        elif self.forwarder.is_primary:
-            # A read that a replica sent here because its app tried to write (or hit a
-            # @primary_endpoint) is a write here: it gets a txid, the cookie and the replica's wait.
-            is_read = route.kind is Kind.READ and not forwarded_as_write(scope)
-            await serve_on_primary(self.app, self.forwarder, self.policy.cookie, scope, receive, send, is_read=is_read)
         else:
             await self._forward(scope, receive, send, route.reason)
 

@@ -6,7 +6,6 @@ import logging
 import time
 from collections.abc import Awaitable
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..policy import CookiePolicy
@@ -21,7 +20,7 @@ __all__ = ["serve_on_primary", "stamped"]
 logger = logging.getLogger("forwarder.middleware")
 
 
-async def serve_on_primary(
+def serve_on_primary(
     app: ASGIApp,
     forwarder: Forwarder,
     cookie_policy: CookiePolicy,
@@ -30,27 +29,20 @@ async def serve_on_primary(
     send: Send,
     *,
     is_read: bool,
-) -> None:
+) -> Awaitable[None]:
     """Run the request in `app` on the primary. A write's response carries `Forwarder-Txid` (the txid
     that covers its commit), the read-your-writes cookie and `Server-Timing` (app, commit); a read's
-    drops a cookie that is ahead of the primary itself."""
-    if is_read:
-        extra: list[tuple[str, str]] = []
-        wanted = read_cookie(scope, cookie_policy)
-        if wanted is not None and wanted > forwarder.tracker.position and wanted > await _live_position(forwarder):
-            # Ahead of the primary itself: written before a failover that lost it. Waiting
-            # would never end; drop the cookie.
-            logger.warning("dropping a %s cookie at %s, ahead of the primary", cookie_policy.name, wanted)
-            extra.append(("set-cookie", clear_cookie(cookie_policy, scope)))
-        await app(scope, receive, stamped(send, forwarder.topology.node_id, extra))
-        return
+    drops a cookie that is ahead of the primary itself.
 
+    A write returns the app's own awaitable: no coroutine of ours resumes at each of its awaits."""
+    if is_read:
+        return _serve_read(app, forwarder, cookie_policy, scope, receive, send)
     started = time.perf_counter()
+    node = forwarder.topology.node_id.encode()
 
     async def start_with_txid(message: Message) -> None:
-        headers = MutableHeaders(scope=message)
-        headers.append("forwarder-node", forwarder.topology.node_id)
         app_done = time.perf_counter()
+        added = [(h.NODE, node)]
         try:
             # A replica that proxied the write waits for this txid now; anyone else reads later.
             txid = await forwarder.commit_position(prompt=header(scope, h.FORWARDED_BY) is None)
@@ -58,19 +50,34 @@ async def serve_on_primary(
             # The write is committed; failing the response now would make the client think
             # it was not. Tell replicas there is nothing to wait for instead.
             logger.exception("could not read the commit position after a write")
-            headers.append("forwarder-stale", "1")
+            added.append((h.STALE, b"1"))
         else:
-            headers.append("forwarder-txid", str(txid))
-            headers.append("set-cookie", set_cookie(cookie_policy, scope, txid))
+            added.append((h.TXID, str(txid).encode()))
+            added.append((b"set-cookie", set_cookie(cookie_policy, scope, txid).encode("latin-1")))
         app_ms, commit_ms = (app_done - started) * 1000, (time.perf_counter() - app_done) * 1000
-        headers.append("server-timing", f"app;dur={app_ms:.3f}, commit;dur={commit_ms:.3f}")
+        added.append((b"server-timing", f"app;dur={app_ms:.3f}, commit;dur={commit_ms:.3f}".encode()))
+        # A new list: the app may reuse its own (a Response's raw_headers).
+        message["headers"] = [*message.get("headers", ()), *added]
         await send(message)
 
     def send_with_txid(message: Message) -> Awaitable[None]:
         # The body goes straight to `send`'s own awaitable: no coroutine of ours per message.
         return start_with_txid(message) if message["type"] == "http.response.start" else send(message)
 
-    await app(scope, receive, send_with_txid)
+    return app(scope, receive, send_with_txid)
+
+
+async def _serve_read(
+    app: ASGIApp, forwarder: Forwarder, cookie_policy: CookiePolicy, scope: Scope, receive: Receive, send: Send
+) -> None:
+    extra: list[tuple[str, str]] = []
+    wanted = read_cookie(scope, cookie_policy)
+    if wanted is not None and wanted > forwarder.tracker.position and wanted > await _live_position(forwarder):
+        # Ahead of the primary itself: written before a failover that lost it. Waiting
+        # would never end; drop the cookie.
+        logger.warning("dropping a %s cookie at %s, ahead of the primary", cookie_policy.name, wanted)
+        extra.append(("set-cookie", clear_cookie(cookie_policy, scope)))
+    await app(scope, receive, stamped(send, forwarder.topology.node_id, extra))
 
 
 def stamped(send: Send, node_id: str, extra: list[tuple[str, str]] | None = None) -> Send:

@@ -243,7 +243,7 @@ class Forwarder:
 
     @property
     def is_primary(self) -> bool:
-        return self.topology.role is Role.PRIMARY  # not through Topology's property: asked several times a write
+        return self.topology.is_primary
 
     @property
     def node_secret(self) -> bytes | None:

@@ -1,10 +1,10 @@
 """`ChannelTransport`: requests to the primary over the node channel, or over HTTP when they cannot be.
 
-It is an httpx transport, so the RPC client keeps httpx's API, and every failure comes out as
-httpx's error types: `forwarder._errors` stays the one place they are translated. The proxy sends
-a whole body through `exchange` itself, skipping httpx's request and response objects around the
-channel (about 0.5 ms of a forwarded write on a cold path, measured); a streamed one goes through
-httpx to the HTTP pool. A request goes on the channel when its body is already whole (bytes, at
+It is an httpx transport, and every failure comes out as httpx's error types: `forwarder._errors`
+stays the one place they are translated. The proxy and the RPC client send a whole body through
+`send_whole` themselves, skipping httpx's request and response objects around the channel (about
+0.5 ms of a forwarded write on a cold path, measured); a streamed one goes through httpx to the
+HTTP pool. A request goes on the channel when its body is already whole (bytes, at
 most `MAX_BODY`). A primary that refuses the channel (an older forwarder, or a server without
 websockets) is asked again after a minute; until then everything goes over HTTP.
 """
@@ -119,6 +119,22 @@ class ChannelTransport(httpx.AsyncBaseTransport):
             return await self._fallback.handle_async_request(request)
         status, headers, body = answer
         return httpx.Response(status, headers=headers, stream=body, extensions={"http_version": b"HTTP/1.1"})
+
+    async def send_whole(
+        self,
+        base: httpx.URL,
+        method: str,
+        target: bytes,
+        headers: Headers,
+        body: bytes,
+        timeouts: Mapping[str, float | None],
+    ) -> tuple[int, Headers, httpx.AsyncByteStream] | None:
+        """`exchange` for a request the caller built itself, not httpx (the proxy's, an RPC call's):
+        `target` (origin form) under `base`'s path, `headers` completed as httpx would send them."""
+        head = RequestHead(
+            method, base.raw_path.rstrip(b"/") + target, wire_headers(headers, method, body, base.netloc)
+        )
+        return await self.exchange(base, head, body, timeouts)
 
     async def exchange(
         self, url: httpx.URL, head: RequestHead, body: bytes, timeouts: Mapping[str, float | None]

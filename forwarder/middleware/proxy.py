@@ -13,8 +13,6 @@ from starlette.responses import PlainTextResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from .._errors import talking_to_primary
-from ..channel.frames import RequestHead
-from ..channel.transport import wire_headers
 from ..exceptions import ConfigurationError, InvalidTxid, OutcomeUnknown, PrimaryUnavailable, ReplicationTimeout
 from ..logsafe import clean
 from ..node_headers import CLIENT_HEADERS, PREFIX, end_to_end, sign_node_headers, with_forwarded_for
@@ -22,7 +20,7 @@ from ..runtime import Forwarder
 from ..txid import Txid
 from . import headers as h
 from .body import BodyStalled, ClientDisconnected, read_forward_body, stream_rest, upload_slot
-from .target import upstream_target, upstream_url
+from .target import upstream_url
 
 __all__ = ["ClientDisconnected", "forward_http", "unavailable"]
 
@@ -90,7 +88,9 @@ async def forward_http(
             url = upstream_url(base, scope)  # refuses what the target rule refuses
             headers = _request_headers(scope, forwarder, reason)
             with talking_to_primary(what, base):
-                upstream = await _on_channel(forwarder, client, scope, headers, content)
+                # `url` is the base plus the request's target: the target alone goes on the channel.
+                target = url[len(base.rstrip("/")) :].encode("ascii")
+                upstream = await _on_channel(forwarder, client, scope["method"], target, headers, content)
                 if upstream is None:
                     request = client.build_request(scope["method"], url, headers=headers, content=content)
                     response = await client.send(request, stream=True)
@@ -117,7 +117,8 @@ class _Upstream(NamedTuple):
 async def _on_channel(
     forwarder: Forwarder,
     client: httpx.AsyncClient,
-    scope: Scope,
+    method: str,
+    target: bytes,
     headers: list[tuple[bytes, bytes]],
     content: bytes | AsyncIterator[bytes],
 ) -> _Upstream | None:
@@ -127,11 +128,7 @@ async def _on_channel(
     channel = forwarder.channel
     if channel is None or not isinstance(content, bytes):
         return None
-    base = client.base_url
-    method = scope["method"]
-    target = base.raw_path.rstrip(b"/") + upstream_target(scope).encode("ascii")
-    head = RequestHead(method, target, wire_headers(headers, method, content, base.netloc))
-    answer = await channel.exchange(base, head, content, client.timeout.as_dict())
+    answer = await channel.send_whole(client.base_url, method, target, headers, content, client.timeout.as_dict())
     if answer is None:
         return None
     status, raw, stream = answer

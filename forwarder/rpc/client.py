@@ -9,8 +9,7 @@ import httpx
 from pydantic import ValidationError
 
 from .._errors import talking_to_primary
-from ..channel.frames import RequestHead
-from ..channel.transport import ChannelTransport, wire_headers
+from ..channel.transport import ChannelTransport
 from ..exceptions import (
     PrimaryUnavailable,
     RemoteError,
@@ -75,12 +74,8 @@ class RPCClient:
         """(status, body) of the call sent on the node channel itself; None when it goes over HTTP."""
         if self._channel is None:
             return None
-        base = self._client.base_url
-        head = RequestHead(
-            "POST", base.raw_path.rstrip(b"/") + path.encode(), wire_headers(headers, "POST", body, base.netloc)
-        )
         timeouts = dict.fromkeys(("connect", "read", "write", "pool"), self._timeout)
-        answer = await self._channel.exchange(base, head, body, timeouts)
+        answer = await self._channel.send_whole(self._client.base_url, "POST", path.encode(), headers, body, timeouts)
         if answer is None:
             return None
         status, _, stream = answer

@@ -36,7 +36,8 @@ from typing import Any
 from bench.stats import LATENCY, report, summary_ms
 from forwarder import Role
 from forwarder.engines.litestream import QUIET_GAP, LitestreamEngine, litestream_binary, replicate_config
-from forwarder.engines.litestream_position import CoveringCheck, latest_l0, wal_end
+from forwarder.engines.litestream_files import latest_l0, wal_end
+from forwarder.engines.litestream_position import CoveringCheck
 
 COLUMNS = ["candidate", *LATENCY, "covers the commit"]
 

@@ -2,8 +2,8 @@
 
 Primary: `promise_position()` (direct writes) answers from local files alone, the newest L0 txid
 or `newest + 2`, whose existence the keeper sees to (`litestream_keeper`); `commit_position()`
-(writes a replica waits on) works out the first txid that holds every commit so far, waiting out
-a sync in progress (`litestream_position`). When the files cannot tell, both ask Litestream to
+(writes a replica waits on) works out the first txid that holds every commit so far, waiting for
+the file of a sync in progress (`litestream_position`). When the files cannot tell, both ask Litestream to
 sync (`POST /sync`, wait=true), and concurrent callers share those syncs (group commit).
 
 Replica: the follower writes its position to `<database>-txid` after the pages are on disk; the
@@ -134,7 +134,7 @@ class LitestreamEngine(Engine):
         await self.keeper.aclose()
         self.keeper.check.close()
         if self.covering is not None:
-            self.covering.close()
+            await self.covering.aclose()
         await self._watch.aclose()
         tasks = [task for task in (self._syncer, self._guard_task) if task is not None]
         for task in tasks:
@@ -159,8 +159,13 @@ class LitestreamEngine(Engine):
         Else group commit: one sync runs, one is queued; a caller joins the queued one (the running one may predate it).
         """
         self._require_primary("commit_position()")
-        if self.covering is not None and (txid := await self.covering.txid(self._request)) is not None:
-            return self._advance({"txid": txid})
+        if self.covering is not None and (answer := await self.covering.txid(self._request)) is not None:
+            txid, promised = answer
+            if not promised:
+                return self._advance({"txid": txid})
+            if self.keeper.failed is None:  # the sync after the active one: made by the next write or the keeper
+                self.keeper.promise(txid)
+                return self._advance({"txid": txid})
         return await self._group_sync()
 
     async def _group_sync(self) -> Txid:

@@ -30,6 +30,7 @@ import time
 from contextlib import closing
 
 from .litestream_position import CoveringCheck
+from .ltx_arrivals import LOOK_INTERVAL
 
 __all__ = ["BUMP", "TxidKeeper"]
 
@@ -102,7 +103,8 @@ class TxidKeeper:
             while True:
                 wait = self._last + QUIET - time.monotonic()
                 if wait > 0:
-                    await asyncio.sleep(wait)
+                    # Never under 1 ms: uvloop's timers are whole milliseconds, and a shorter sleep spins.
+                    await asyncio.sleep(max(wait, LOOK_INTERVAL))
                     continue
                 end, head = self.check.state()
                 newest = None if head is None else head.txid

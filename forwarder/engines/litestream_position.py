@@ -34,11 +34,14 @@ Otherwise the commit is in frames no LTX held when we looked, and there are two 
   next sync to finish starts after it, so after our commit, and reads the WAL to its end: txid
   `N + 1` holds the commit, and it will exist because the WAL holds frames no LTX holds yet
   (step 2 is read again: a sync that finished between the two reads started after our commit).
-  While a sync is active, it asks again every `ACTIVE_POLL_INTERVAL`: that sync may have read
-  the WAL before our commit. This gets the replica the first txid that holds the write, one sync
-  sooner than `N + 2` when N + 1 holds it, at the price of waiting out the active sync: 3-8 ms
-  idle, over 20 ms loaded, during which concurrent writers queue (most of the primary's cost
-  before the prompt answer: `bench/primary_cost.py`, `bench/prompt_txid.py`).
+  While a sync is active, that sync (`N + 1`) may have read the WAL before our commit: its file
+  says. The check waits for it (`ltx_arrivals`: one shared look a millisecond, for up to
+  `ACTIVE_WAIT`), then answers `N + 1` if its header reaches our end, else `N + 2` (a promise,
+  as above, kept by the keeper). So the replica gets the first txid that holds the write, one
+  sync sooner than `N + 2` when N + 1 holds it, at the price of waiting out the active sync
+  (3-8 ms idle, over 20 ms loaded). It used to ask sync-status again every 0.5 ms instead, which
+  on uvloop is no wait at all: the event loop spun, and Litestream answered status requests back
+  to back, for as long as the sync ran.
 
 `promise_after_status()`, what a quiet primary uses for its prompt answer, asks sync-status once
 without waiting: `N + 1` if no sync is active, else `N + 2`; so a read with the cookie soon after a
@@ -61,169 +64,27 @@ before it and snapshots after a restart).
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
-import struct
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import quick_calls
 from ..exceptions import EngineError
+from .litestream_files import LtxHead, ShmFile, WalEnd, latest_l0, read_head, wal_end
+from .ltx_arrivals import LtxArrivals
 
-__all__ = ["CoveringCheck", "LtxHead", "ShmFile", "WalEnd", "latest_l0", "wal_end"]
+__all__ = ["ACTIVE_WAIT", "MAX_PENDING_WAL", "CoveringCheck"]
 
-WAL_HEADER_SIZE = 32
-FRAME_HEADER_SIZE = 24
 MAX_PENDING_WAL = 1 << 20
 """Bytes of WAL not yet in an LTX above which "the next txid holds it" is not claimed (Litestream
 0.5 caps one sync at 64 MiB; a smaller bound stays far from that edge)."""
 
-ACTIVE_POLL_INTERVAL = 0.0005
 ACTIVE_WAIT = 1.0
-"""While a sync runs, ask again every `ACTIVE_POLL_INTERVAL` s for up to `ACTIVE_WAIT` s, then `POST /sync`.
+"""Seconds the exact answer waits for the file of a sync that was running at the commit, then `POST /sync`.
 Syncs took 3-8 ms idle but over 20 ms at times on a loaded 2-core machine; `POST /sync` would
 queue behind the running sync anyway, so waiting for it here costs nothing more."""
 
 _ACTIVE = "a sync stayed active"
-_SHM_HEADER = struct.Struct("<IIIBBHII8s8s8s")  # WalIndexHdr, native (little-endian) byte order
-_LTX_HEADER = struct.Struct(">4sIIIQQqQqq8s")  # LTX v0.5 header, big-endian, up to the WAL salts
-
-
-@dataclass(frozen=True)
-class WalEnd:
-    """Where the WAL's last commit ends, and which WAL (its salts) the offset is in."""
-
-    salts: bytes
-    end: int
-
-
-@dataclass(frozen=True)
-class LtxHead:
-    """What an L0 LTX file holds: its txid and the byte range of which WAL."""
-
-    txid: int
-    salts: bytes
-    end: int
-
-
-class ShmFile:
-    """`<database>-shm`, kept open: `stat` then `pread`, two system calls, instead of open, read, close.
-
-    The file is reopened whenever the path names another file (SQLite deletes it when the last
-    connection closes, and the next one creates it again). The stat follows the commit, so the
-    file it names held the commit's wal-index, or a newer one (whose WAL then has other salts).
-    """
-
-    def __init__(self, database: Path) -> None:
-        self.path = f"{database}-shm"
-        self._fd: int | None = None
-        self._identity = (0, 0)
-
-    def read(self, size: int) -> bytes:
-        # Both calls keep the GIL (`quick_calls`): this runs on the event loop after every write.
-        identity = quick_calls.file_id(self.path)
-        if identity is None:
-            raise FileNotFoundError(self.path)
-        if self._fd is None or identity != self._identity:
-            self.close()
-            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            opened = os.fstat(self._fd)
-            self._identity = (opened.st_dev, opened.st_ino)
-        return quick_calls.pread(self._fd, size, 0)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-def wal_end(database: Path, shm: ShmFile | None = None) -> WalEnd | None:
-    """The committed end of `database`'s WAL from the wal-index header; None if it cannot be trusted.
-
-    SQLite writes the header twice and readers accept it only when both copies match (a writer may
-    be half-way through updating it); a mismatch or an uninitialised index is "don't know".
-    """
-    try:
-        size = 2 * _SHM_HEADER.size
-        raw = shm.read(size) if shm is not None else _read(f"{database}-shm", size)
-    except OSError:
-        return None
-    if len(raw) < 2 * _SHM_HEADER.size or raw[: _SHM_HEADER.size] != raw[_SHM_HEADER.size :]:
-        return None
-    version, _, _, initialised, _, page, max_frame, _, _, salts, _ = _SHM_HEADER.unpack(raw[: _SHM_HEADER.size])
-    if version != 3007000 or not initialised or max_frame == 0:
-        return None  # mxFrame 0: the WAL was just reset, so the commit is in the database file itself
-    page_size = 65536 if page == 1 else page
-    return WalEnd(salts, WAL_HEADER_SIZE + max_frame * (page_size + FRAME_HEADER_SIZE))
-
-
-def _read(path: str, size: int) -> bytes:
-    # os-level, not open(): on the event loop each system call lets the app's database threads take
-    # the GIL, and the buffered open() makes four or five of them (open, fstat, ioctl, read, close).
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.read(fd, size)
-    finally:
-        os.close(fd)
-
-
-def latest_l0(ltx_dir: Path, hint: int = 0, known: LtxHead | None = None) -> LtxHead | None:
-    """The newest L0 LTX file in Litestream's local directory, read from its header; None if unreadable.
-
-    With L0 retention of 15 s and a sync every 10 ms the directory holds up to 1,500 files, and
-    listing it cost about 1 ms; so when the file of `hint` (the newest txid seen last time) is still
-    there, the files after it are probed by name (`<txid>-<txid>.ltx`, one per sync) instead. A
-    `known` head of the newest file is returned as it is (an LTX file never changes once renamed
-    into place): two `stat` calls when nothing new was synced.
-    """
-    newest = _probe(ltx_dir, hint) if hint else None
-    if newest is not None and known is not None and known.txid == newest[0]:
-        return known
-    try:
-        if newest is None:
-            newest = _list(ltx_dir)
-        if newest is None:
-            return None
-        raw = _read(os.path.join(ltx_dir, newest[1]), _LTX_HEADER.size)
-    except OSError:
-        return None  # a file removed by L0 retention between listing and opening: ask again later
-    if len(raw) < _LTX_HEADER.size:
-        return None
-    magic, _, _, _, _, max_txid, _, _, wal_offset, wal_size, salts = _LTX_HEADER.unpack(raw)
-    if magic != b"LTX1" or max_txid != newest[0] or wal_size <= 0:
-        return None  # wal_size 0: a snapshot or compaction, not a WAL range
-    return LtxHead(max_txid, salts, wal_offset + wal_size)
-
-
-def _probe(ltx_dir: Path, hint: int) -> tuple[int, str] | None:
-    # Names built as bytes on the encoded directory: no path join or encoding per probe (a write
-    # on the primary makes two).
-    directory = os.fsencode(ltx_dir)
-    if not quick_calls.exists(b"%s/%016x-%016x.ltx" % (directory, hint, hint)):
-        return None
-    while quick_calls.exists(b"%s/%016x-%016x.ltx" % (directory, hint + 1, hint + 1)):
-        hint += 1
-    return hint, f"{hint:016x}-{hint:016x}.ltx"
-
-
-def _list(ltx_dir: Path) -> tuple[int, str] | None:
-    newest: tuple[int, str] | None = None
-    with os.scandir(ltx_dir) as entries:
-        for entry in entries:
-            name = entry.name
-            if len(name) != 37 or not name.endswith(".ltx"):
-                continue  # temporary files and anything else
-            try:
-                max_txid = int(name[17:33], 16)
-            except ValueError:
-                continue
-            if newest is None or max_txid > newest[0]:
-                newest = (max_txid, name)
-    return newest
 
 
 class CoveringCheck:
@@ -239,31 +100,38 @@ class CoveringCheck:
         self._head: LtxHead | None = None  # its header
         self._shm = ShmFile(database)
         self.outcomes: Counter[str] = Counter()  # how each call was answered (benchmarks, debugging)
+        self._arrivals = LtxArrivals(self._newest_txid)
 
-    async def txid(self, request: Callable[..., Awaitable[dict[str, Any]]]) -> int | None:
-        """A txid that holds every commit finished before this call, or None (then `POST /sync`).
+    async def txid(self, request: Callable[..., Awaitable[dict[str, Any]]]) -> tuple[int, bool] | None:
+        """A txid that holds every commit finished before this call and whether it is a promise (the
+        keeper must make it exist), or None (then `POST /sync`).
 
         `request(method, path, params=...)` asks the control socket (`LitestreamEngine._request`).
         """
         found = self._look()
         if found is None or isinstance(found, int):
-            return found
+            return None if found is None else (found, False)
         end, head = found
-        deadline = time.monotonic() + ACTIVE_WAIT
-        for attempt in itertools.count():
-            if attempt:
-                if time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(ACTIVE_POLL_INTERVAL)
-            answer = await self._status_answer(request, end)
-            if answer is None:
-                return None
-            txid, outcome = answer
-            if outcome != _ACTIVE:
-                self.outcomes[outcome + (" (after an active sync)" if attempt else "")] += 1
-                return txid
-        self.outcomes[_ACTIVE] += 1
-        return None
+        answer = await self._status_answer(request, end)
+        if answer is None:
+            return None
+        txid, outcome = answer
+        if outcome != _ACTIVE:
+            self.outcomes[outcome] += 1
+            return None if txid is None else (txid, False)
+        if end.end - head.end > MAX_PENDING_WAL:
+            self.outcomes["too much WAL pending"] += 1
+            return None
+        running = head.txid + 1  # the active sync's txid: it may have read the WAL before our commit
+        if not await self._arrivals.reached(running, ACTIVE_WAIT):
+            self.outcomes[_ACTIVE] += 1
+            return None
+        written = read_head(self.ltx_dir, running)
+        if written is not None and written.salts == end.salts and written.end >= end.end:
+            self.outcomes["the active sync's LTX"] += 1
+            return running, False
+        self.outcomes["the sync after the active one"] += 1
+        return running + 1, True
 
     async def _status_answer(
         self, request: Callable[..., Awaitable[dict[str, Any]]], end: WalEnd
@@ -326,6 +194,11 @@ class CoveringCheck:
         end = wal_end(self.database, self._shm)
         return end, self._newest()
 
+    async def aclose(self) -> None:
+        """Stop the shared look at L0 and close the wal-index file kept open (the next look opens it again)."""
+        await self._arrivals.aclose()
+        self.close()
+
     def close(self) -> None:
         """Close the wal-index file kept open (the next look opens it again)."""
         self._shm.close()
@@ -368,6 +241,10 @@ class CoveringCheck:
             return None
         self.outcomes["newest + 2"] += 1
         return head.txid + 2, True
+
+    def _newest_txid(self) -> int | None:
+        head = self._newest()
+        return None if head is None else head.txid
 
     def _newest(self) -> LtxHead | None:
         head = latest_l0(self.ltx_dir, self._hint, self._head)

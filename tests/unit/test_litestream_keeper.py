@@ -14,8 +14,9 @@ import pytest
 from forwarder.engines import litestream_keeper
 from forwarder.engines.base import Role
 from forwarder.engines.litestream import LitestreamEngine
+from forwarder.engines.litestream_files import latest_l0, wal_end
 from forwarder.engines.litestream_keeper import MAX_BUMPS, TxidKeeper
-from forwarder.engines.litestream_position import CoveringCheck, latest_l0, wal_end
+from forwarder.engines.litestream_position import CoveringCheck
 from forwarder.exceptions import EngineUnavailable
 from forwarder.txid import Txid
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from forwarder.engines.litestream_position import MAX_PENDING_WAL, CoveringCheck, ShmFile, latest_l0, wal_end
+from forwarder.engines.litestream_files import ShmFile, latest_l0, wal_end
+from forwarder.engines.litestream_position import MAX_PENDING_WAL, CoveringCheck
 
 pytestmark = pytest.mark.anyio
 
@@ -184,3 +185,65 @@ def test_no_prompt_answer_for_another_wal_or_too_much_pending(db: Any) -> None:
     write_ltx(check.ltx_dir, 11, end.salts, 32, end.end - 32)
     conn.execute("INSERT INTO t VALUES (?)", (bytes(MAX_PENDING_WAL + 1),))  # more than a sync may split
     assert check.promise() is None
+
+
+async def test_while_a_sync_runs_the_exact_answer_is_its_txid_if_its_file_holds_the_commit(db: Any) -> None:
+    path, conn = db
+    check = CoveringCheck(path)
+    before = wal_end(path)
+    assert before is not None
+    write_ltx(check.ltx_dir, 10, before.salts, 32, before.end - 32)
+    conn.execute("INSERT INTO t VALUES (2)")  # in no LTX yet, and a sync is running
+    after = wal_end(path)
+    assert after is not None
+    statuses: list[bool] = []
+
+    async def request(method: str, target: str, **_: Any) -> dict[str, Any]:
+        statuses.append(True)
+        return status(active=True)
+
+    answer = asyncio.create_task(check.txid(request))
+    await asyncio.sleep(0.02)
+    assert not answer.done() and statuses == [True]  # one status, then it waits for the sync's file
+    write_ltx(check.ltx_dir, 11, before.salts, before.end, after.end - before.end)  # the running sync took it
+    assert await asyncio.wait_for(answer, 1) == (11, False)
+    assert statuses == [True]
+    await check.aclose()
+
+
+async def test_while_a_sync_runs_the_exact_answer_is_the_next_sync_if_the_running_one_missed_it(db: Any) -> None:
+    path, conn = db
+    check = CoveringCheck(path)
+    before = wal_end(path)
+    assert before is not None
+    write_ltx(check.ltx_dir, 10, before.salts, 32, before.end - 32)
+    conn.execute("INSERT INTO t VALUES (2)")
+
+    async def request(method: str, target: str, **_: Any) -> dict[str, Any]:
+        return status(active=True)
+
+    answer = asyncio.create_task(check.txid(request))
+    await asyncio.sleep(0.01)
+    write_ltx(check.ltx_dir, 11, before.salts, 32, before.end - 32)  # it read the WAL before the commit
+    assert await asyncio.wait_for(answer, 1) == (12, True)  # a promise: the keeper sees that 12 is made
+    assert check.outcomes["the sync after the active one"] == 1
+    await check.aclose()
+
+
+async def test_the_exact_answer_gives_up_when_the_running_sync_never_writes_its_file(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, conn = db
+    check = CoveringCheck(path)
+    before = wal_end(path)
+    assert before is not None
+    write_ltx(check.ltx_dir, 10, before.salts, 32, before.end - 32)
+    conn.execute("INSERT INTO t VALUES (2)")
+    monkeypatch.setattr("forwarder.engines.litestream_position.ACTIVE_WAIT", 0.05)
+
+    async def request(method: str, target: str, **_: Any) -> dict[str, Any]:
+        return status(active=True)
+
+    assert await asyncio.wait_for(check.txid(request), 1) is None  # then the engine asks POST /sync
+    assert check.outcomes["a sync stayed active"] == 1
+    await check.aclose()

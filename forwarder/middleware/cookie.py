@@ -49,13 +49,26 @@ def _is_https(scope: Scope) -> bool:
 
 
 def _attributes(policy: CookiePolicy, scope: Scope, max_age: int) -> str:
-    parts = [f"Path={policy.path}", f"Max-Age={max_age}"]
-    if policy.http_only:
-        parts.append("HttpOnly")
-    parts.append(f"SameSite={policy.same_site.capitalize()}")
-    if policy.secure or (policy.secure is None and _is_https(scope)) or policy.same_site == "none":
-        parts.append("Secure")
-    return "; ".join(parts)
+    secure = policy.secure is True or policy.same_site == "none" or (policy.secure is None and _is_https(scope))
+    # Built once per policy, age and Secure: every write on the primary sets the cookie, and building
+    # the attributes cost it more than the rest of the header together.
+    key = (id(policy), max_age, secure)
+    built = _BUILT.get(key)
+    if built is None or built[0] is not policy:
+        if len(_BUILT) >= _MAX_BUILT:
+            _BUILT.clear()
+        parts = [f"Path={policy.path}", f"Max-Age={max_age}"]
+        if policy.http_only:
+            parts.append("HttpOnly")
+        parts.append(f"SameSite={policy.same_site.capitalize()}")
+        if secure:
+            parts.append("Secure")
+        built = _BUILT[key] = (policy, "; ".join(parts))
+    return built[1]
+
+
+_BUILT: dict[tuple[int, int, bool], tuple[CookiePolicy, str]] = {}  # the policy kept: its id is not reused
+_MAX_BUILT = 64
 
 
 def set_cookie(policy: CookiePolicy, scope: Scope, txid: Txid) -> str:

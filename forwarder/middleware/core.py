@@ -80,7 +80,9 @@ class ForwarderMiddleware:
                 # @primary_endpoint) is a write here: it gets a txid, the cookie and the replica's wait.
                 is_read = kind is Kind.READ and not forwarded_as_write(scope)
                 policy = self.policy.cookie
-                await serve_on_primary(self.app, self.forwarder, policy, scope, receive, send, is_read=is_read)
+                await serve_on_primary(
+                    self.app, self.forwarder, policy, scope, receive, send, is_read=is_read, claimed=glance.claimed
+                )
                 return
             if kind is not Kind.READ:
                 await self._http(scope, receive, send, route)

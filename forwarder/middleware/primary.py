@@ -29,10 +29,12 @@ def serve_on_primary(
     send: Send,
     *,
     is_read: bool,
+    claimed: bool = True,
 ) -> Awaitable[None]:
     """Run the request in `app` on the primary. A write's response carries `Forwarder-Txid` (the txid
     that covers its commit), the read-your-writes cookie and `Server-Timing` (app, commit); a read's
-    drops a cookie that is ahead of the primary itself.
+    drops a cookie that is ahead of the primary itself. `claimed=False` says the request came with
+    no node header at all (`Glance.claimed`): then no replica waits on it, whatever its headers.
 
     A write returns the app's own awaitable: no coroutine of ours resumes at each of its awaits."""
     if is_read:
@@ -45,7 +47,7 @@ def serve_on_primary(
         added = [(h.NODE, node)]
         try:
             # A replica that proxied the write waits for this txid now; anyone else reads later.
-            txid = await forwarder.commit_position(prompt=header(scope, h.FORWARDED_BY) is None)
+            txid = await forwarder.commit_position(prompt=not claimed or header(scope, h.FORWARDED_BY) is None)
         except Exception:
             # The write is committed; failing the response now would make the client think
             # it was not. Tell replicas there is nothing to wait for instead.

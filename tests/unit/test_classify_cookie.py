@@ -77,6 +77,12 @@ def test_cookie_attributes() -> None:
     assert set_cookie(custom, https, Txid(1)) == "tx=0000000000000001; Path=/; Max-Age=10; SameSite=Strict"
     assert set_cookie(CookiePolicy(same_site="none"), plain, Txid(1)).endswith("SameSite=None; Secure")
     assert clear_cookie(policy, plain) == "__txid=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"
+    # The attributes are built once per policy, age and Secure: one request's never leak into another's.
+    for _ in range(2):
+        assert not set_cookie(policy, plain, Txid(2)).endswith("Secure")
+        assert set_cookie(policy, https, Txid(2)).endswith("; Secure")
+    ages = [CookiePolicy(max_age=age) for age in range(1, 200)]  # more than the cache keeps
+    assert all(f"Max-Age={age}; " in set_cookie(p, plain, Txid(1)) for age, p in enumerate(ages, start=1))
 
 
 def test_replay_header_names_the_primary_instance_or_region() -> None:

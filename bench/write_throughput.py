@@ -37,13 +37,25 @@ COLUMNS = [
     "forwarded p50 / p99 ms",
     "direct CPU ms/write",
     "forwarded CPU ms/write",
+    "primary CPU ms/write (direct, forwarded)",
+    "primary-bound forwarded / direct",
     "requests",
 ]
+PRIMARY_GROUPS = ("primary app", "primary litestream")
+"""What runs on the primary's machine in a deployment (followers run on the replicas')."""
 
 
-def cpu_per_write(runs: list[dict[str, Any]]) -> float:
-    """Median over runs of the CPU every cluster process (apps and Litestream) spent per write."""
-    return round(float(statistics.median(sum(run["cpu_ms_per_write"].values()) for run in runs)), 2)
+def cpu_per_write(runs: list[dict[str, Any]], groups: tuple[str, ...] | None = None) -> float:
+    """Median over runs of the CPU the cluster's processes (all, or those of `groups`) spent per write."""
+    return round(
+        float(
+            statistics.median(
+                sum(ms for group, ms in run["cpu_ms_per_write"].items() if groups is None or group in groups)
+                for run in runs
+            )
+        ),
+        3 if groups else 2,
+    )
 
 
 async def wrk(targets: list[str], connections: int, seconds: float) -> dict[str, Any]:
@@ -96,6 +108,9 @@ async def measure(cluster: Cluster, rounds: int, seconds: float) -> list[dict[st
         median = partial(run_median, runs)
 
         direct, forwarded = median("direct", "rps"), median("forwarded", "rps")
+        # With the replicas on machines of their own, the primary's machine does only this much per
+        # write: its ratio is the forwarded / direct throughput a CPU-bound primary would allow.
+        primary = {kind: cpu_per_write(runs[kind], PRIMARY_GROUPS) for kind in runs}
         rows.append(
             {
                 "connections per source": connections,
@@ -108,6 +123,8 @@ async def measure(cluster: Cluster, rounds: int, seconds: float) -> list[dict[st
                 f"{median('forwarded', 'p99_us') / 1000:.1f}",
                 "direct CPU ms/write": cpu_per_write(runs["direct"]),
                 "forwarded CPU ms/write": cpu_per_write(runs["forwarded"]),
+                "primary CPU ms/write (direct, forwarded)": f"{primary['direct']:.2f}, {primary['forwarded']:.2f}",
+                "primary-bound forwarded / direct": round(primary["direct"] / primary["forwarded"], 3),
                 "requests": sum(run["requests"] for kind in runs for run in runs[kind]),
                 "runs": runs,
             }

@@ -100,7 +100,7 @@ class CoveringCheck:
         self._head: LtxHead | None = None  # its header
         self._shm = ShmFile(database)
         self.outcomes: Counter[str] = Counter()  # how each call was answered (benchmarks, debugging)
-        self._arrivals = LtxArrivals(self._newest_txid)
+        self._arrivals = LtxArrivals(self._newest_txid, self.ltx_dir)
 
     async def txid(self, request: Callable[..., Awaitable[dict[str, Any]]]) -> tuple[int, bool] | None:
         """A txid that holds every commit finished before this call and whether it is a promise (the

@@ -1,8 +1,10 @@
-"""Waiting for the local L0 to reach a txid: shared, bounded, and never a busy loop (uvloop included)."""
+"""Waiting for the local L0 to reach a txid: told by inotify, else looked at (never in a busy loop, uvloop included)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +80,62 @@ async def test_closing_stops_the_look_and_the_waiters_time_out() -> None:
     looks = files.looks
     assert not await waiter
     assert files.looks == looks
+
+
+def land(directory: Path, txid: int) -> None:
+    """What Litestream does: write the file under a temporary name, then rename it into place."""
+    name = f"{txid:016x}-{txid:016x}.ltx"
+    (directory / f"{name}.tmp").write_bytes(b"LTX1")
+    os.rename(directory / f"{name}.tmp", directory / name)
+
+
+async def test_with_inotify_a_waiter_wakes_when_its_file_lands_and_nothing_looks_meanwhile(tmp_path: Path) -> None:
+    files = Files(10)
+    arrivals = LtxArrivals(files, tmp_path)
+    waiters = [asyncio.create_task(arrivals.reached(txid, 2)) for txid in (11, 12)]
+    await asyncio.sleep(0.05)
+    assert arrivals.watching and files.looks == 2  # one look each on arrival, none while they wait
+    land(tmp_path, 11)
+    await asyncio.wait_for(waiters[0], 0.5)
+    assert not waiters[1].done()
+    (tmp_path / "0000000000000012-0000000000000012.ltx.tmp").write_bytes(b"")  # not landed yet
+    await asyncio.sleep(0.02)
+    assert not waiters[1].done()
+    land(tmp_path, 13)  # several syncs in one batch of records: the newest counts
+    assert await asyncio.wait_for(waiters[1], 0.5)
+    assert files.looks == 2
+    await arrivals.aclose()
+
+
+async def test_without_the_directory_yet_it_looks_and_watches_once_it_exists(tmp_path: Path) -> None:
+    files = Files(10)
+    directory = tmp_path / "ltx" / "0"
+    arrivals = LtxArrivals(files, directory)
+    waiter = asyncio.create_task(arrivals.reached(11, 2))
+    await asyncio.sleep(0.02)
+    assert not arrivals.watching and files.looks > 1  # looking every millisecond meanwhile
+    files.newest = 11
+    assert await asyncio.wait_for(waiter, 0.5)
+    directory.mkdir(parents=True)
+    waiter = asyncio.create_task(arrivals.reached(12, 2))
+    await asyncio.sleep(0.02)
+    assert arrivals.watching
+    land(directory, 12)
+    assert await asyncio.wait_for(waiter, 0.5)
+    await arrivals.aclose()
+
+
+async def test_when_the_directory_is_removed_the_waiters_are_looked_after_by_looking(tmp_path: Path) -> None:
+    files = Files(10)
+    directory = tmp_path / "0"
+    directory.mkdir()
+    arrivals = LtxArrivals(files, directory)
+    waiter = asyncio.create_task(arrivals.reached(11, 2))
+    await asyncio.sleep(0.02)
+    assert arrivals.watching
+    directory.rmdir()  # Litestream starting over
+    await asyncio.sleep(0.02)
+    assert not arrivals.watching and not waiter.done()
+    files.newest = 11
+    assert await asyncio.wait_for(waiter, 0.5)
+    await arrivals.aclose()

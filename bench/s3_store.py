@@ -6,8 +6,9 @@ For each (sync, follow) interval pair: a primary and two replicas of `bench/apps
 - idle: S3 requests per second of the whole cluster (replicate + 2 followers), then of
   `replicate` alone (followers stopped), so one follower's share is the difference / 2;
 - writes: rows committed straight into the primary's database, spaced at random over one follow
-  interval, each followed by `POST /sync` as `commit_position()` does for a forwarded write or
-  left to Litestream's own schedule (alternated); the lag is commit to the row readable on a
+  interval, each followed by `POST /sync` (how `commit_position()` made a forwarded write's txid
+  before the covering check) or left to Litestream's own schedule (alternated; what a forwarded
+  write waits for now, the primary no longer forcing a sync); the lag is commit to the row readable on a
   replica (fresh read-only connection). Per write: uploads (PUT) and object downloads (GET, by
   both followers); listings (LIST) are per poll, not per write, so they are given per second
   during the writes, next to the idle rate.

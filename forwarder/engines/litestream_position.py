@@ -35,9 +35,9 @@ Otherwise the commit is in frames no LTX held when we looked, and there are two 
   `N + 1` holds the commit, and it will exist because the WAL holds frames no LTX holds yet
   (step 2 is read again: a sync that finished between the two reads started after our commit).
   While a sync is active, that sync (`N + 1`) may have read the WAL before our commit: its file
-  says. The check waits for it (`ltx_arrivals`: one shared look a millisecond, for up to
-  `ACTIVE_WAIT`), then answers `N + 1` if its header reaches our end, else `N + 2` (a promise,
-  as above, kept by the keeper). So the replica gets the first txid that holds the write, one
+  says. The check waits for it (`ltx_arrivals`: one inotify watch on `ltx/0` for every waiter,
+  for up to `ACTIVE_WAIT`), then answers `N + 1` if its header reaches our end, else `N + 2` (a
+  promise, as above, kept by the keeper). So the replica gets the first txid that holds the write, one
   sync sooner than `N + 2` when N + 1 holds it, at the price of waiting out the active sync
   (3-8 ms idle, over 20 ms loaded). It used to ask sync-status again every 0.5 ms instead, which
   on uvloop is no wait at all: the event loop spun, and Litestream answered status requests back

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from forwarder.engines.litestream_files import ShmFile, latest_l0, wal_end
+from forwarder.engines.litestream_files import ShmFile, WalEnd, latest_l0, wal_end
 from forwarder.engines.litestream_position import MAX_PENDING_WAL, CoveringCheck
 
 pytestmark = pytest.mark.anyio
@@ -187,14 +187,24 @@ def test_no_prompt_answer_for_another_wal_or_too_much_pending(db: Any) -> None:
     assert check.promise() is None
 
 
-async def test_while_a_sync_runs_the_exact_answer_is_its_txid_if_its_file_holds_the_commit(db: Any) -> None:
+def past_newest(db: Any) -> tuple[CoveringCheck, WalEnd]:
+    """A check whose newest LTX (10) holds the WAL as it was (returned), then one commit after it."""
     path, conn = db
     check = CoveringCheck(path)
     before = wal_end(path)
     assert before is not None
     write_ltx(check.ltx_dir, 10, before.salts, 32, before.end - 32)
-    conn.execute("INSERT INTO t VALUES (2)")  # in no LTX yet, and a sync is running
-    after = wal_end(path)
+    conn.execute("INSERT INTO t VALUES (2)")  # committed, in no LTX yet
+    return check, before
+
+
+async def sync_running(method: str, target: str, **_: Any) -> dict[str, Any]:
+    return status(active=True)
+
+
+async def test_while_a_sync_runs_the_exact_answer_is_its_txid_if_its_file_holds_the_commit(db: Any) -> None:
+    check, before = past_newest(db)
+    after = wal_end(db[0])
     assert after is not None
     statuses: list[bool] = []
 
@@ -212,17 +222,8 @@ async def test_while_a_sync_runs_the_exact_answer_is_its_txid_if_its_file_holds_
 
 
 async def test_while_a_sync_runs_the_exact_answer_is_the_next_sync_if_the_running_one_missed_it(db: Any) -> None:
-    path, conn = db
-    check = CoveringCheck(path)
-    before = wal_end(path)
-    assert before is not None
-    write_ltx(check.ltx_dir, 10, before.salts, 32, before.end - 32)
-    conn.execute("INSERT INTO t VALUES (2)")
-
-    async def request(method: str, target: str, **_: Any) -> dict[str, Any]:
-        return status(active=True)
-
-    answer = asyncio.create_task(check.txid(request))
+    check, before = past_newest(db)
+    answer = asyncio.create_task(check.txid(sync_running))
     await asyncio.sleep(0.01)
     write_ltx(check.ltx_dir, 11, before.salts, 32, before.end - 32)  # it read the WAL before the commit
     assert await asyncio.wait_for(answer, 1) == (12, True)  # a promise: the keeper sees that 12 is made
@@ -233,17 +234,8 @@ async def test_while_a_sync_runs_the_exact_answer_is_the_next_sync_if_the_runnin
 async def test_the_exact_answer_gives_up_when_the_running_sync_never_writes_its_file(
     db: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path, conn = db
-    check = CoveringCheck(path)
-    before = wal_end(path)
-    assert before is not None
-    write_ltx(check.ltx_dir, 10, before.salts, 32, before.end - 32)
-    conn.execute("INSERT INTO t VALUES (2)")
+    check, _ = past_newest(db)
     monkeypatch.setattr("forwarder.engines.litestream_position.ACTIVE_WAIT", 0.05)
-
-    async def request(method: str, target: str, **_: Any) -> dict[str, Any]:
-        return status(active=True)
-
-    assert await asyncio.wait_for(check.txid(request), 1) is None  # then the engine asks POST /sync
+    assert await asyncio.wait_for(check.txid(sync_running), 1) is None  # then the engine asks POST /sync
     assert check.outcomes["a sync stayed active"] == 1
     await check.aclose()

@@ -76,7 +76,7 @@ def main() -> None:
     print("commit position candidates...", flush=True)
     results["commit_position"] = commit_position.run(20 if args.quick else 150)
     print("primary cost...", flush=True)
-    results["primary_cost"] = primary_cost.run(1 if args.quick else 3, 1)
+    results["primary_cost"] = primary_cost.run(1 if args.quick else 4, 1, primary_cost.DEFAULT_SETUPS)
     print("server stack...", flush=True)
     results["server_stack"] = server_stack.run(1 if args.quick else 2, 10 if args.quick else 25, 1 if args.quick else 2)
     results["seconds"] = round(time.monotonic() - started, 1)
@@ -175,11 +175,11 @@ def _primary_sections(results: dict[str, Any]) -> list[str]:
         rows = [{k: v for k, v in row.items() if k != "runs"} for row in results["primary_cost"]["rows"]]
         out += [
             "**Primary cost** (the same write app: bare; with `litestream replicate` and a follower, no forwarder; "
-            "as the primary of a forwarder cluster; the same with `POST /sync` per write as before; wrk POSTs, "
-            "one setup at a time with the others paused, order rotating per round; every setup on the nodes' "
-            "server stack, uvloop + httptools)",
+            "as the primary of a forwarder cluster; the same with the exact txid for every write, and with none; "
+            "wrk POSTs, one setup at a time with the others paused, order rotating per round; every setup on "
+            "the nodes' server stack, uvloop + httptools; each ratio the median of the rounds' own)",
             "",
-            table(rows, primary_cost.COLUMNS),
+            table(rows, primary_cost.columns(tuple(results["primary_cost"].get("setups", primary_cost.SETUPS)))),
             "",
         ]
     if "commit_position" in results:

@@ -23,6 +23,9 @@ enough to swing even the `no txid` floor between 0.6 and 1.15 of `litestream` fr
   candidate: the floor that shows how much of the primary's cost is the txid.
 
 The target: forwarder / litestream throughput >= 0.9 and p50 added < 1 ms, at every concurrency.
+Each ratio is the median over rounds of that round's ratio (the two setups loaded seconds apart),
+which a load that drifts through the run moves less than a ratio of medians; `scripts/bench` runs
+`DEFAULT_SETUPS`, the candidates it no longer needs to compare (`status`, `POST /sync`) on request.
 `--setups` runs fewer forwarder setups (a shorter run); `bare`, `litestream` and `forwarder` always
 run. `_litestream_seq` bumps are counted per forwarder setup: Litestream's after its checkpoints,
 and the keeper's.
@@ -38,6 +41,7 @@ import contextlib
 import os
 import signal
 import sqlite3
+import statistics
 import tempfile
 from collections.abc import Callable
 from contextlib import AsyncExitStack, closing
@@ -60,6 +64,8 @@ CLUSTERS: dict[str, dict[str, str]] = {
     "forwarder, no txid": {"BENCH_COMMIT": "none"},
 }
 SETUPS = ("bare", "litestream", *CLUSTERS)
+DEFAULT_SETUPS = ("bare", "litestream", "forwarder", "forwarder, exact", "forwarder, no txid")
+"""What `scripts/bench` runs: the target's two sides, what a write a replica waits on costs, and the floor."""
 SHORT = {"forwarder, status": "status", "forwarder, exact": "exact", "forwarder, POST /sync": "POST /sync"}
 SHORT["forwarder, no txid"] = "no txid"
 
@@ -146,12 +152,18 @@ async def measure(rounds: int, seconds: float, setups: tuple[str, ...] = SETUPS)
                     order = setups[i % len(setups) :] + setups[: i % len(setups)]
                     for setup in order:
                         runs[setup].append(await loaded(setup, connections, seconds))
-                rows.append(_row(connections, runs, load, setups))
+                rows.append(cost_row(connections, runs, load, setups))
             for setup in setups:
                 pauses[setup][1]()  # resumed to read their files
             # Litestream bumps `_litestream_seq` after its checkpoints, the keeper when it makes a promise exist.
             bumps = {setup: _seq(on) - seq_before[setup] for setup, on in clusters.items()}
-            return {"rows": rows, "rounds": rounds, "seconds": seconds, "litestream_seq_bumps": bumps}
+            return {
+                "rows": rows,
+                "rounds": rounds,
+                "seconds": seconds,
+                "setups": list(setups),
+                "litestream_seq_bumps": bumps,
+            }
 
 
 Toggle = Callable[[], None]
@@ -195,20 +207,26 @@ def _seq(cluster: Cluster) -> int:
     return int(row[0] or 0)
 
 
-def _row(
+def cost_row(
     connections: int, runs: dict[str, list[dict[str, Any]]], load: float, setups: tuple[str, ...] = SETUPS
 ) -> dict[str, Any]:
+    """One table row from each setup's wrk runs (one a round, in order): medians, and ratios paired by round."""
     median = partial(run_median, runs)
 
     rps = {setup: median(setup, "rps") for setup in setups}
     p50 = {setup: median(setup, "p50_us") / 1000 for setup in setups}
+
+    def paired(setup: str, baseline: str) -> float:
+        pairs = zip(runs[setup], runs[baseline], strict=True)
+        return round(float(statistics.median(ours["rps"] / theirs["rps"] for ours, theirs in pairs)), 3)
+
     row: dict[str, Any] = {"connections": connections, **{f"{s} req/s": round(rps[s]) for s in setups}}
     for setup in setups:
         if setup in CLUSTERS:
             name = SHORT.get(setup, setup)
-            row[f"{name} / litestream"] = round(rps[setup] / rps["litestream"], 3)
+            row[f"{name} / litestream"] = paired(setup, "litestream")
             row[f"{name} p50 added ms"] = round(p50[setup] - p50["litestream"], 2)
-    row["litestream / bare"] = round(rps["litestream"] / rps["bare"], 3)
+    row["litestream / bare"] = paired("litestream", "bare")
     row[f"p50 ms ({', '.join(SHORT.get(s, s) for s in setups)})"] = ", ".join(f"{p50[s]:.1f}" for s in setups)
     return {**row, "load": round(load, 2), "runs": runs}
 

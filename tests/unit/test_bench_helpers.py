@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.primary_cost import cost_row
 from bench.profile_hop import package_of, self_time_by_package
 from bench.read_instructions import added_calls, get_many, total_instructions
 from bench.read_path import pair_cpus, pin, spread
@@ -140,3 +141,21 @@ def test_get_many_sends_exactly_that_many_gets_on_one_connection(counting_server
     assert len({port for _, port in _Counting.seen}) == 1
     with pytest.raises(RuntimeError, match="404"):
         get_many(counting_server, "/missing", 1)
+
+
+def test_primary_cost_ratios_are_the_median_of_each_rounds_own() -> None:
+    # The load drifts through a run: round 2 ran everything at half speed. Paired per round, the
+    # ratio stays 0.8; as a ratio of medians it would read 0.8 only by luck of which rounds were slow.
+    def runs(*rps: float) -> list[dict[str, float]]:
+        return [{"rps": r, "p50_us": 1000.0} for r in rps]
+
+    setups = ("bare", "litestream", "forwarder")
+    row = cost_row(
+        8,
+        {"bare": runs(1000, 500, 1000), "litestream": runs(900, 450, 950), "forwarder": runs(720, 360, 760)},
+        1.0,
+        setups,
+    )
+    assert row["forwarder / litestream"] == 0.8
+    assert row["litestream / bare"] == 0.9
+    assert row["forwarder req/s"] == 720  # the medians of the rounds, as before

@@ -3,8 +3,8 @@
 Primary: `promise_position()` (direct writes) answers from local files alone, the newest L0 txid
 or `newest + 2`, whose existence the keeper sees to (`litestream_keeper`); `commit_position()`
 (writes a replica waits on) works out the first txid that holds every commit so far, waiting for
-the file of a sync in progress (`litestream_position`). When the files cannot tell, both ask Litestream to
-sync (`POST /sync`, wait=true), and concurrent callers share those syncs (group commit).
+the file of a sync in progress (`litestream_position`). When the files cannot tell, both ask
+Litestream to sync (`POST /sync`, wait=true), and concurrent callers share those syncs (group commit).
 
 Replica: the follower writes its position to `<database>-txid` after the pages are on disk; the
 engine publishes each new one (`txid_watch`, which also follows the generation symlink of a
@@ -159,14 +159,9 @@ class LitestreamEngine(Engine):
         Else group commit: one sync runs, one is queued; a caller joins the queued one (the running one may predate it).
         """
         self._require_primary("commit_position()")
-        if self.covering is not None and (answer := await self.covering.txid(self._request)) is not None:
-            txid, promised = answer
-            if not promised:
-                return self._advance({"txid": txid})
-            if self.keeper.failed is None:  # the sync after the active one: made by the next write or the keeper
-                self.keeper.promise(txid)
-                return self._advance({"txid": txid})
-        return await self._group_sync()
+        answer = None if self.covering is None else await self.covering.txid(self._request)
+        settled = self._settle(answer)
+        return settled if settled is not None else await self._group_sync()
 
     async def _group_sync(self) -> Txid:
         if self._queued is None:
@@ -183,8 +178,8 @@ class LitestreamEngine(Engine):
         (`litestream_keeper`). On a quiet primary (no call for `quiet_gap` s) one sync-status first,
         so that a lone write gets `newest + 1` when no sync runs. When the files cannot tell (the WAL
         just restarted, over `MAX_PENDING_WAL` not synced yet) or the keeper cannot write: `POST /sync`,
-        shared by every caller in that window, not `commit_position()`'s polling of sync-status
-        (under load that polling cost the event loop more than the rare forced sync).
+        shared by every caller in that window (no wait for a running sync's file: nobody waits on
+        this answer right now, and the case is rare).
         """
         self._require_primary("promise_position()")
         now = time.monotonic()
@@ -194,12 +189,20 @@ class LitestreamEngine(Engine):
             answer = await covering.promise_after_status(self._request) if quiet else covering.promise()
         else:
             answer = None
-        if answer is not None:
-            txid, promised = answer
-            if promised:
-                self.keeper.promise(txid)
-            return self._advance({"txid": txid})
-        return await self._group_sync()
+        settled = self._settle(answer)
+        return settled if settled is not None else await self._group_sync()
+
+    def _settle(self, answer: tuple[int, bool] | None) -> Txid | None:
+        """The txid of a covering answer, a promise handed to the keeper to make; None when there is no
+        answer, or it is a promise the keeper cannot keep (then `POST /sync`)."""
+        if answer is None:
+            return None
+        txid, promised = answer
+        if promised:
+            if self.keeper.failed is not None:
+                return None
+            self.keeper.promise(txid)
+        return self._advance({"txid": txid})
 
     def _require_primary(self, what: str) -> None:
         if self._role is not Role.PRIMARY:

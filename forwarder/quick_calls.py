@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["QuickPoll", "exists", "file_id", "pread"]
+__all__ = ["FileIdentity", "FixedRead", "QuickPoll", "exists", "file_id", "pread"]
 
 _STAT_HEAD = struct.Struct("QQ")  # st_dev, st_ino: the first two fields on both Linux ABIs here
 _STAT_SIZE = 256  # more than sizeof(struct stat) on either
@@ -76,6 +76,41 @@ def file_id(path: str) -> tuple[int, int] | None:
         return None
     dev, ino = _STAT_HEAD.unpack_from(buffer.raw)
     return int(dev), int(ino)
+
+
+class FileIdentity:
+    """`file_id(path)` for one path asked again and again (after every write on the primary): the
+    name encoded and the result buffer made once. One thread at a time: the buffer is shared."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._encoded = os.fsencode(path)
+        self._buffer = ctypes.create_string_buffer(_STAT_SIZE)
+
+    def __call__(self) -> tuple[int, int] | None:
+        if _LIBC is None:
+            return file_id(self.path)
+        if _LIBC.stat(self._encoded, self._buffer) != 0:
+            return None
+        identity: tuple[int, int] = _STAT_HEAD.unpack_from(self._buffer)  # read in place: no copy of the struct
+        return identity
+
+
+class FixedRead:
+    """`pread(fd, size, offset)` of one size asked again and again: the buffer made once. One thread at a time."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._buffer = ctypes.create_string_buffer(size)
+
+    def __call__(self, fd: int, offset: int = 0) -> bytes:
+        if _LIBC is None:
+            return os.pread(fd, self.size, offset)
+        read = _LIBC.pread(fd, self._buffer, self.size, offset)
+        if read < 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, os.strerror(errno))
+        return self._buffer.raw[:read]  # the whole buffer's bytes as they are when it is full
 
 
 def pread(fd: int, size: int, offset: int) -> bytes:

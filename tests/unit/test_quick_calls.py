@@ -64,3 +64,26 @@ def test_pread_reads_at_an_offset_and_reports_errors(tmp_path: Path, libc: bool)
         os.close(fd)
     with pytest.raises(OSError):
         quick_calls.pread(fd, 10, 0)  # closed
+
+
+def test_bound_calls_agree_with_os_and_follow_the_file(tmp_path: Path, libc: bool) -> None:
+    path = tmp_path / "app.db-shm"
+    path.write_bytes(bytes(range(100)))
+    identity = quick_calls.FileIdentity(str(path))
+    st = os.stat(path)
+    assert identity() == identity() == (st.st_dev, st.st_ino)
+    path.unlink()
+    assert identity() is None
+    path.write_bytes(bytes(range(50)))  # a new file under the same name
+    assert identity() == (os.stat(path).st_dev, os.stat(path).st_ino)
+    read = quick_calls.FixedRead(10)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert read(fd) == bytes(range(10))
+        assert read(fd, 45) == bytes(range(45, 50))  # short at the end
+        assert read(fd, 10) == bytes(range(10, 20))  # the buffer's earlier bytes do not leak into a later read
+        assert read(fd, 200) == b""
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError):
+        read(fd)  # closed

@@ -116,3 +116,19 @@ def test_close_closes_idle_connections(tmp_path: Path) -> None:
     database.close()
     with pytest.raises(sqlite3.ProgrammingError):
         conn.execute("SELECT 1")
+
+
+@pytest.mark.anyio
+async def test_as_many_connections_as_anyio_runs_threads_are_kept_for_the_next_wave(tmp_path: Path) -> None:
+    from contextlib import ExitStack
+
+    database, _ = primary_database(tmp_path)
+    threads = int(anyio.to_thread.current_default_thread_limiter().total_tokens)
+    with ExitStack() as stack:  # a wave of concurrent users, each holding a connection of its own
+        first = [stack.enter_context(database.read()) for _ in range(threads + 1)]
+    with ExitStack() as stack:
+        second = [stack.enter_context(database.read()) for _ in range(threads)]
+    # `first` keeps every connection alive, so no new one can take the id of one closed.
+    assert len({id(conn) for conn in first}) == threads + 1
+    assert {id(conn) for conn in second} <= {id(conn) for conn in first}  # all kept, none opened again
+    database.close()

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["FileIdentity", "FixedRead", "QuickPoll", "exists", "file_id", "pread"]
+__all__ = ["FileIdentity", "FixedRead", "QuickPoll", "exists", "file_id", "pread", "read_start"]
 
 _STAT_HEAD = struct.Struct("QQ")  # st_dev, st_ino: the first two fields on both Linux ABIs here
 _STAT_SIZE = 256  # more than sizeof(struct stat) on either
@@ -46,6 +46,8 @@ def _libc() -> Any | None:
         libc.stat.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
         libc.pread.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_long]
         libc.pread.restype = ctypes.c_ssize_t
+        libc.open.argtypes = [ctypes.c_char_p, ctypes.c_int]
+        libc.close.argtypes = [ctypes.c_int]
     except (AttributeError, OSError):
         return None  # an older glibc without a `stat` symbol, a libc without these names
     return libc
@@ -76,6 +78,26 @@ def file_id(path: str) -> tuple[int, int] | None:
         return None
     dev, ino = _STAT_HEAD.unpack_from(buffer.raw)
     return int(dev), int(ino)
+
+
+def read_start(path: bytes, size: int) -> bytes:
+    """The first `size` bytes of the local file `path` (fewer if it is shorter): open, pread, close.
+
+    Raises `OSError` as `os.open` does (`FileNotFoundError` for a missing file)."""
+    if _LIBC is None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.read(fd, size)
+        finally:
+            os.close(fd)
+    fd = _LIBC.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    if fd < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno), os.fsdecode(path))
+    try:
+        return pread(fd, size, 0)
+    finally:
+        _LIBC.close(fd)
 
 
 class FileIdentity:

@@ -87,3 +87,18 @@ def test_bound_calls_agree_with_os_and_follow_the_file(tmp_path: Path, libc: boo
         os.close(fd)
     with pytest.raises(OSError):
         read(fd)  # closed
+
+
+def test_read_start_reads_the_head_of_a_file_and_reports_errors(tmp_path: Path, libc: bool) -> None:
+    path = tmp_path / "0000000000000001-0000000000000001.ltx"
+    path.write_bytes(bytes(range(100)))
+    assert quick_calls.read_start(os.fsencode(path), 10) == bytes(range(10))
+    assert quick_calls.read_start(os.fsencode(path), 500) == bytes(range(100))  # short file
+    with pytest.raises(FileNotFoundError):
+        quick_calls.read_start(os.fsencode(tmp_path / "missing.ltx"), 10)
+    with pytest.raises(IsADirectoryError):
+        quick_calls.read_start(os.fsencode(tmp_path), 10)  # opened, then the read fails: closed again
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        quick_calls.read_start(os.fsencode(path), 10)
+    assert len(os.listdir("/proc/self/fd")) == before  # every descriptor closed

@@ -67,17 +67,7 @@ def exists(path: str | bytes) -> bool:
 
 def file_id(path: str) -> tuple[int, int] | None:
     """The (device, inode) `path` names now, following symlinks; None if it does not exist."""
-    if _LIBC is None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return st.st_dev, st.st_ino
-    buffer = ctypes.create_string_buffer(_STAT_SIZE)
-    if _LIBC.stat(os.fsencode(path), buffer) != 0:
-        return None
-    dev, ino = _STAT_HEAD.unpack_from(buffer.raw)
-    return int(dev), int(ino)
+    return FileIdentity(path)()
 
 
 def read_start(path: bytes, size: int) -> bytes:
@@ -111,7 +101,11 @@ class FileIdentity:
 
     def __call__(self) -> tuple[int, int] | None:
         if _LIBC is None:
-            return file_id(self.path)
+            try:
+                st = os.stat(self.path)
+            except OSError:
+                return None
+            return st.st_dev, st.st_ino
         if _LIBC.stat(self._encoded, self._buffer) != 0:
             return None
         identity: tuple[int, int] = _STAT_HEAD.unpack_from(self._buffer)  # read in place: no copy of the struct
@@ -132,19 +126,12 @@ class FixedRead:
         if read < 0:
             errno = ctypes.get_errno()
             raise OSError(errno, os.strerror(errno))
-        return self._buffer.raw[:read]  # the whole buffer's bytes as they are when it is full
+        return self._buffer.raw[:read]  # a copy: the buffer is used again
 
 
 def pread(fd: int, size: int, offset: int) -> bytes:
     """`os.pread(fd, size, offset)` on a regular file."""
-    if _LIBC is None:
-        return os.pread(fd, size, offset)
-    buffer = ctypes.create_string_buffer(size)
-    read = _LIBC.pread(fd, buffer, size, offset)
-    if read < 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno))
-    return buffer.raw[:read]
+    return FixedRead(size)(fd, offset)
 
 
 class QuickPoll:

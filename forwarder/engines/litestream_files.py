@@ -20,6 +20,7 @@ __all__ = ["LtxHead", "ShmFile", "WalEnd", "latest_l0", "read_head", "wal_end"]
 WAL_HEADER_SIZE = 32
 FRAME_HEADER_SIZE = 24
 _SHM_HEADER = struct.Struct("<IIIBBHII8s8s8s")  # WalIndexHdr, native (little-endian) byte order
+_WAL_INDEX_HEADERS = 2 * _SHM_HEADER.size  # SQLite writes the header twice, one copy after the other
 _LTX_HEADER = struct.Struct(">4sIIIQQqQqq8s")  # LTX v0.5 header, big-endian, up to the WAL salts
 
 
@@ -56,9 +57,10 @@ class ShmFile:
         # Both calls keep the GIL (`quick_calls`), their name and buffers made once: this runs on the
         # event loop after every write (`wal_end` 6.5 us in a loop, 10.0 with a new name and buffer per call).
         self._file_id = quick_calls.FileIdentity(self.path)
-        self._reads: dict[int, quick_calls.FixedRead] = {}
+        self._read = quick_calls.FixedRead(_WAL_INDEX_HEADERS)
 
-    def read(self, size: int) -> bytes:
+    def read(self) -> bytes:
+        """The wal-index header's two copies (fewer bytes if the file is shorter)."""
         identity = self._file_id()
         if identity is None:
             raise FileNotFoundError(self.path)
@@ -67,10 +69,7 @@ class ShmFile:
             self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             opened = os.fstat(self._fd)
             self._identity = (opened.st_dev, opened.st_ino)
-        read = self._reads.get(size)
-        if read is None:
-            read = self._reads[size] = quick_calls.FixedRead(size)
-        return read(self._fd)
+        return self._read(self._fd)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -85,11 +84,10 @@ def wal_end(database: Path, shm: ShmFile | None = None) -> WalEnd | None:
     be half-way through updating it); a mismatch or an uninitialised index is "don't know".
     """
     try:
-        size = 2 * _SHM_HEADER.size
-        raw = shm.read(size) if shm is not None else _read(f"{database}-shm", size)
+        raw = shm.read() if shm is not None else _read(f"{database}-shm", _WAL_INDEX_HEADERS)
     except OSError:
         return None
-    if len(raw) < 2 * _SHM_HEADER.size or raw[: _SHM_HEADER.size] != raw[_SHM_HEADER.size :]:
+    if len(raw) < _WAL_INDEX_HEADERS or raw[: _SHM_HEADER.size] != raw[_SHM_HEADER.size :]:
         return None
     version, _, _, initialised, _, page, max_frame, _, _, salts, _ = _SHM_HEADER.unpack(raw[: _SHM_HEADER.size])
     if version != 3007000 or not initialised or max_frame == 0:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import random
 import sqlite3
 import subprocess
@@ -36,6 +37,7 @@ from typing import Any
 from bench.stats import LATENCY, report, summary_ms
 from forwarder import Role
 from forwarder.engines.litestream import QUIET_GAP, LitestreamEngine, litestream_binary, replicate_config
+from forwarder.engines.litestream_config import FILE_INTERVALS
 from forwarder.engines.litestream_files import latest_l0, wal_end
 from forwarder.engines.litestream_position import CoveringCheck
 
@@ -57,7 +59,9 @@ async def measure(writes: int) -> dict[str, Any]:
         conn.execute("PRAGMA journal_mode=wal")
         conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
         config = base / "litestream.yml"
-        config.write_text(replicate_config(db, base / "replica", base / "ls.sock"))
+        # L0 kept for the whole run: every answer is checked against the LTX file of its txid at the end.
+        keep = dataclasses.replace(FILE_INTERVALS, l0_retention=3600.0, snapshot=86400.0)
+        config.write_text(replicate_config(db, base / "replica", base / "ls.sock", keep))
         log = (base / "litestream.log").open("wb")
         process = subprocess.Popen([litestream_binary(), "replicate", "-config", str(config)], stdout=log, stderr=log)
         engine = LitestreamEngine(db, Role.PRIMARY, socket_path=base / "ls.sock")

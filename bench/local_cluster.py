@@ -13,14 +13,23 @@ from typing import TypeVar
 
 from bench.servers import REPO, process_cpu_seconds
 from forwarder.dev import Cluster
+from forwarder.engines.litestream_config import Intervals
 
 
 @asynccontextmanager
-async def local_cluster(replicas: int = 2, env: Mapping[str, str] | None = None) -> AsyncIterator[Cluster]:
+async def local_cluster(
+    replicas: int = 2, env: Mapping[str, str] | None = None, intervals: Intervals | None = None
+) -> AsyncIterator[Cluster]:
     """Start uvicorn + Litestream nodes on loopback (no edge: clients talk to nodes), stop them after."""
     with tempfile.TemporaryDirectory() as tmp:
         cluster = Cluster(
-            app="bench.apps.write_app:app", data_dir=Path(tmp), replicas=replicas, edge=False, app_dir=REPO, env=env
+            app="bench.apps.write_app:app",
+            data_dir=Path(tmp),
+            replicas=replicas,
+            edge=False,
+            app_dir=REPO,
+            env=env,
+            intervals=intervals,
         )
         await cluster.start()
         try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import random
 import sqlite3
 import tempfile
@@ -37,7 +38,7 @@ from forwarder.dev.edge import parse_duration
 from forwarder.dev.s3server import LocalS3Server
 from forwarder.engines.base import Role
 from forwarder.engines.litestream import LitestreamEngine
-from forwarder.engines.litestream_config import Intervals
+from forwarder.engines.litestream_config import S3_INTERVALS, Intervals
 
 BUCKET = "forwarder-bench"
 
@@ -160,7 +161,8 @@ def parse_pairs(text: str) -> list[Intervals]:
     pairs = []
     for item in text.split(","):
         sync, _, follow = item.partition("/")
-        pairs.append(Intervals(monitor=0.01, sync=parse_duration(sync), follow=parse_duration(follow or sync)))
+        follow = follow or sync
+        pairs.append(dataclasses.replace(S3_INTERVALS, sync=parse_duration(sync), follow=parse_duration(follow)))
     return pairs
 
 

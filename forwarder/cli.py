@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
@@ -167,7 +168,7 @@ async def _store(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> 
 async def _run_cluster(args: argparse.Namespace, store: Store | None) -> int:
     from .dev import Cluster
     from .dev.edge import parse_duration, parse_latency
-    from .engines.litestream_config import Intervals, recommended_intervals
+    from .engines.litestream_config import recommended_intervals
 
     if args.datasette == bool(args.app):
         raise ValueError("give the app (module:attribute) or --datasette, not both or neither")
@@ -182,8 +183,8 @@ async def _run_cluster(args: argparse.Namespace, store: Store | None) -> int:
     intervals = None
     if args.sync_interval or args.follow_interval:
         default = recommended_intervals(store or FileStore(args.data_dir / "replica"))
-        intervals = Intervals(
-            monitor=default.monitor,
+        intervals = dataclasses.replace(
+            default,
             sync=parse_duration(args.sync_interval) if args.sync_interval else default.sync,
             follow=parse_duration(args.follow_interval) if args.follow_interval else default.follow,
         )

@@ -48,31 +48,58 @@ _AMBIENT_CREDENTIALS = (
 
 @dataclass(frozen=True)
 class Intervals:
-    """Litestream's polling intervals, in seconds.
+    """Litestream's polling intervals and how long it keeps LTX files, in seconds.
 
     - `monitor`: how often `replicate` looks at the WAL for new commits (local, cheap);
     - `sync`: how often `replicate` ships new commits to the store (one upload per sync that has
       changes; writes answered through `commit_position()` force a sync anyway);
     - `follow`: how often each follower polls the store for new LTX files. This sets the lag of
-      writes nobody waits on, and the idle request rate against the store (S3 LISTs cost money).
+      writes nobody waits on, and the idle request rate against the store (S3 LISTs cost money);
+    - `l0_retention`, `compaction` and `snapshot`: how many LTX files the store holds, which is
+      what a follower's poll costs. Litestream 0.5.17's follower lists all of L0 on every poll,
+      and, on a poll that finds nothing new, all of L1 and L2 as well (`fillFollowGap`), with a
+      `stat` per file on a file store. An L0 file goes once L1 holds it (`compaction`, the L1
+      interval) and it is `l0_retention` old; an L1 or L2 file goes only when the snapshot
+      before it leaves the `snapshot` retention, so `snapshot` (interval and retention both)
+      bounds L1 to about `2 * snapshot / compaction` files. With Litestream's own 24 h, a
+      store written to every few seconds gains an L1 file every `compaction` for a day, and
+      an idle follower's CPU grows with them: 5 % of a core at one file, 54 % at 755, measured
+      (`bench/follower_cost.py`). The price of a short `snapshot` is a whole-database upload
+      that often, and point-in-time restore reaching back only that far.
     """
 
     monitor: float = 0.01
     sync: float = 0.01
     follow: float = 0.01
+    l0_retention: float = 1.0
+    compaction: float = 2.0
+    snapshot: float = 120.0
 
     def __post_init__(self) -> None:
         for name in ("monitor", "sync", "follow"):
             value = getattr(self, name)
             if not 0.001 <= value <= 3600:
                 raise ConfigurationError(f"Litestream {name} interval {value!r}s is not between 1ms and 1h")
+        if not 0 < self.l0_retention <= 3600 or not 0.001 <= self.compaction <= 3600:
+            raise ConfigurationError(
+                f"Litestream L0 retention {self.l0_retention!r}s and L1 compaction interval {self.compaction!r}s"
+                " must be between 1ms and 1h"
+            )
+        if not self.compaction < self.snapshot <= 30 * 86400:
+            raise ConfigurationError(
+                f"Litestream snapshot interval {self.snapshot!r}s must be longer than the L1 compaction interval"
+                f" ({self.compaction!r}s) and at most 30 days"
+            )
 
 
-FILE_INTERVALS = Intervals(monitor=0.01, sync=0.01, follow=0.01)
-"""For a local `file` store: 10 ms everywhere (reference section 1: median lag 10.8 ms, about 5 % of a core)."""
+FILE_INTERVALS = Intervals(monitor=0.01, sync=0.01, follow=0.01, l0_retention=1.0, compaction=2.0, snapshot=120.0)
+"""For a local `file` store (the dev cluster, tests, benchmarks): 10 ms polling (reference section 1:
+median lag 10.8 ms), and a store kept small enough that a follower polling it 100 times a second stays cheap
+under load and idle (`bench/follower_cost.py`)."""
 
-S3_INTERVALS = Intervals(monitor=0.01, sync=0.1, follow=0.25)
-"""For an S3-compatible store: see the README's off-Fly section for the lag and request rates measured."""
+S3_INTERVALS = Intervals(monitor=0.01, sync=0.1, follow=0.25, l0_retention=5.0, compaction=10.0, snapshot=3600.0)
+"""For an S3-compatible store: see the README's off-Fly section for the lag and request rates measured. An hourly
+snapshot keeps L1 to one LIST page (at most 720 files) where Litestream's 24 h would let it reach 8,640."""
 
 
 def recommended_intervals(store: Store) -> Intervals:
@@ -92,7 +119,7 @@ def _yaml(value: Any) -> str:
 
 def replicate_config(database: Path, store: Store | Path, socket_path: Path, intervals: Intervals | None = None) -> str:
     """The `litestream replicate` config: one database replicated to `store`, the control socket on,
-    and short L0 retention (keeps the follower's listing of L0 cheap).
+    and the LTX retention of `intervals` (keeps a follower's listing of the store cheap).
 
     `store` may be a plain directory (a `file` store). `intervals` defaults to the recommended
     ones for the store. Retention values: `shared/reference/replication-engines.md`, section 1.
@@ -102,12 +129,16 @@ def replicate_config(database: Path, store: Store | Path, socket_path: Path, int
     intervals = intervals or recommended_intervals(store)
     replica_lines = "".join(f"      {key}: {_yaml(value)}\n" for key, value in store.replica_fields().items())
     replica_lines += f"      sync-interval: {go_duration(intervals.sync)}\n"
+    snapshot = go_duration(intervals.snapshot)
     return f"""\
-l0-retention: 15s
-l0-retention-check-interval: 5s
+l0-retention: {go_duration(intervals.l0_retention)}
+l0-retention-check-interval: {go_duration(min(1.0, intervals.l0_retention))}
 levels:
-  - interval: 5s
-  - interval: 1m
+  - interval: {go_duration(intervals.compaction)}
+  - interval: {go_duration(max(60.0, intervals.compaction * 2))}
+snapshot:
+  interval: {snapshot}
+  retention: {snapshot}
 socket:
   enabled: true
   path: {_yaml(str(Path(socket_path).absolute()))}

@@ -106,8 +106,9 @@ def _read(path: str, size: int) -> bytes:
 def latest_l0(ltx_dir: Path, hint: int = 0, known: LtxHead | None = None) -> LtxHead | None:
     """The newest L0 LTX file in Litestream's local directory, read from its header; None if unreadable.
 
-    With L0 retention of 15 s and a sync every 10 ms the directory holds up to 1,500 files, and
-    listing it cost about 1 ms; so when the file of `hint` (the newest txid seen last time) is still
+    Under load the directory holds a few hundred files (a sync every 10 ms, kept until L1 holds
+    them and they are `Intervals.l0_retention` old; 1,500 with the 15 s retention of old), and
+    listing 1,500 cost about 1 ms; so when the file of `hint` (the newest txid seen last time) is still
     there, the files after it are probed by name (`<txid>-<txid>.ltx`, one per sync) instead. A
     `known` head of the newest file is returned as it is (an LTX file never changes once renamed
     into place): two `stat` calls when nothing new was synced.

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
 from pathlib import Path
 from typing import Any
 
-from ..engines.litestream_config import Intervals, recommended_intervals
+from ..engines.litestream_config import recommended_intervals
 from ..store import parse_store
 from .primary import HealthPosition, PrimaryPosition, StorePosition
 from .supervisor import MIN_GAP, STALL_LIMIT, ReplicaSupervisor
@@ -73,7 +74,7 @@ async def run(args: argparse.Namespace) -> int:
     store = parse_store(args.store)
     intervals = recommended_intervals(store)
     if args.follow_interval:
-        intervals = Intervals(intervals.monitor, intervals.sync, parse_duration(args.follow_interval))
+        intervals = dataclasses.replace(intervals, follow=parse_duration(args.follow_interval))
     primary: PrimaryPosition = HealthPosition(args.primary_url) if args.primary_url else StorePosition(store)
     database = args.database.absolute()
     supervisor = ReplicaSupervisor(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import sqlite3
@@ -17,7 +18,7 @@ import pytest
 from forwarder.dev.replication import Follower, Replicator
 from forwarder.engines.base import Role
 from forwarder.engines.litestream import LitestreamEngine, litestream_binary, replicate_config
-from forwarder.engines.litestream_config import litestream_environ
+from forwarder.engines.litestream_config import FILE_INTERVALS, litestream_environ
 from forwarder.exceptions import EngineError, EngineUnavailable
 from forwarder.tracker import Tracker
 from forwarder.txid import Txid
@@ -33,6 +34,8 @@ async def replicator(tmp_path: Path) -> AsyncIterator[Replicator]:
         tmp_path / "replica",
         tmp_path / "primary" / "ls.sock",
         log_path=tmp_path / "logs" / "replicate.log",
+        # L0 kept: `assert_each_txid_holds_its_rows` restores the store to each exact txid a caller got.
+        intervals=dataclasses.replace(FILE_INTERVALS, l0_retention=3600.0),
     )
     try:
         with anyio.fail_after(20):

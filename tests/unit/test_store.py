@@ -105,6 +105,20 @@ def test_the_file_replicate_config_is_unchanged_and_intervals_default_per_store(
         Intervals(follow=0)
 
 
+def test_the_config_keeps_the_store_as_small_as_the_intervals_say() -> None:
+    config = yaml.safe_load(replicate_config(Path("/data/app.db"), Path("/data/replica"), Path("/data/ls.sock")))
+    assert config["l0-retention"] == "1000ms" and config["l0-retention-check-interval"] == "1000ms"
+    assert config["levels"] == [{"interval": "2000ms"}, {"interval": "60000ms"}]
+    assert config["snapshot"] == {"interval": "120000ms", "retention": "120000ms"}
+    s3 = yaml.safe_load(replicate_config(Path("/data/app.db"), s3_store(), Path("/data/ls.sock")))
+    assert s3["levels"][0] == {"interval": "10000ms"} and s3["snapshot"]["retention"] == "3600000ms"
+    # An L1 interval of 10 min with a 2 min snapshot, or retention of nothing: said, not written.
+    with pytest.raises(ConfigurationError, match="longer than the L1 compaction interval"):
+        Intervals(compaction=600, snapshot=120)
+    with pytest.raises(ConfigurationError, match="L0 retention 0s"):
+        Intervals(l0_retention=0)
+
+
 def test_the_environment_drops_the_ca_bundle_on_plain_http_and_never_reaches_the_metadata_service() -> None:
     shell = {"PATH": "/bin", "AWS_CA_BUNDLE": "/etc/ssl/ca.pem", "AWS_ACCESS_KEY_ID": "shell-key", "AWS_PROFILE": "p"}
     env = litestream_environ(s3_store(), shell)

@@ -63,7 +63,7 @@ class Intervals:
       before it leaves the `snapshot` retention, so `snapshot` (interval and retention both)
       bounds L1 to about `2 * snapshot / compaction` files. With Litestream's own 24 h, a
       store written to every few seconds gains an L1 file every `compaction` for a day, and
-      an idle follower's CPU grows with them: 5 % of a core at one file, 54 % at 755, measured
+      an idle follower's CPU grows with them: 4.7 % of a core at one file, 60 % at 797, measured
       (`bench/follower_cost.py`). The price of a short `snapshot` is a whole-database upload
       that often, and point-in-time restore reaching back only that far.
     """

@@ -63,7 +63,7 @@ def main() -> None:
     results["wake"] = asyncio.run(wake.main(40 if args.quick else 300, 1.0 if args.quick else 2.0))
     results["wake"]["ten_thousand_waiters_uvloop"] = wake.ten_thousand_on_uvloop(1.0 if args.quick else 2.0)
     print("read path...", flush=True)
-    results["read_path"] = read_path.run(2 if args.quick else 8, 2, 16, max_rounds=2 if args.quick else 20)
+    results["read_path"] = read_path.run(2 if args.quick else 8, 2, 16, max_rounds=2 if args.quick else 16)
     print("read path in instructions...", flush=True)
     results["read_instructions"] = read_instructions.run(100 if args.quick else 200)
     print("SQLModel read...", flush=True)

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -9,6 +11,8 @@ import httpx
 import pytest
 
 from forwarder.dev import Cluster
+from forwarder.dev.replication import Replicator
+from forwarder.engines.litestream_config import Intervals
 
 
 @asynccontextmanager
@@ -23,6 +27,31 @@ async def running_cluster(**options: Any) -> AsyncIterator[Cluster]:
     finally:
         with anyio.CancelScope(shield=True), anyio.fail_after(60):
             await cluster.stop()
+
+
+@asynccontextmanager
+async def items_replicator(
+    base: Path, store: str = "replica", intervals: Intervals | None = None
+) -> AsyncIterator[Replicator]:
+    """`litestream replicate` of a WAL database (`base/primary/app.db`) with an `items` table, already
+    synced to the file store `base/<store>`; stopped on the way out."""
+    replicator = Replicator(
+        base / "primary" / "app.db",
+        base / store,
+        base / "primary" / "ls.sock",
+        log_path=base / "logs" / "replicate.log",
+        intervals=intervals,
+    )
+    try:
+        with anyio.fail_after(20):
+            await replicator.start()
+            with closing(sqlite3.connect(replicator.database)) as db:
+                db.execute("CREATE TABLE items (n INTEGER NOT NULL)")
+                db.commit()
+            await replicator.engine.commit_position()
+        yield replicator
+    finally:
+        await replicator.stop()
 
 
 def edge_client(cluster: Cluster, region: str) -> httpx.AsyncClient:

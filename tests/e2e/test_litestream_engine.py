@@ -22,6 +22,7 @@ from forwarder.engines.litestream_config import FILE_INTERVALS, litestream_envir
 from forwarder.exceptions import EngineError, EngineUnavailable
 from forwarder.tracker import Tracker
 from forwarder.txid import Txid
+from tests.e2e.conftest import items_replicator
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -29,24 +30,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 @pytest.fixture
 async def replicator(tmp_path: Path) -> AsyncIterator[Replicator]:
     """`litestream replicate` of a WAL database with an `items` table, already synced to the replica dir."""
-    replicator = Replicator(
-        tmp_path / "primary" / "app.db",
-        tmp_path / "replica",
-        tmp_path / "primary" / "ls.sock",
-        log_path=tmp_path / "logs" / "replicate.log",
-        # L0 kept: `assert_each_txid_holds_its_rows` restores the store to each exact txid a caller got.
-        intervals=dataclasses.replace(FILE_INTERVALS, l0_retention=3600.0),
-    )
-    try:
-        with anyio.fail_after(20):
-            await replicator.start()
-            with closing(sqlite3.connect(replicator.database)) as db:
-                db.execute("CREATE TABLE items (n INTEGER NOT NULL)")
-                db.commit()
-            await replicator.engine.commit_position()
-        yield replicator
-    finally:
-        await replicator.stop()
+    # L0 kept: `assert_each_txid_holds_its_rows` restores the store to each exact txid a caller got.
+    async with items_replicator(tmp_path, intervals=dataclasses.replace(FILE_INTERVALS, l0_retention=3600.0)) as r:
+        yield r
 
 
 @pytest.fixture

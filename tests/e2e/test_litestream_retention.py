@@ -17,6 +17,7 @@ import pytest
 from forwarder.dev.replication import Follower, Replicator
 from forwarder.engines.litestream_config import Intervals
 from forwarder.txid import Txid
+from tests.e2e.conftest import items_replicator
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -40,23 +41,8 @@ def rows(database: Path) -> int:
 
 @pytest.fixture
 async def replicator(tmp_path: Path) -> AsyncIterator[Replicator]:
-    replicator = Replicator(
-        tmp_path / "primary" / "app.db",
-        tmp_path / "replica",
-        tmp_path / "primary" / "ls.sock",
-        log_path=tmp_path / "logs" / "replicate.log",
-        intervals=FAST,
-    )
-    try:
-        with anyio.fail_after(20):
-            await replicator.start()
-            with closing(sqlite3.connect(replicator.database)) as db:
-                db.execute("CREATE TABLE items (n INTEGER NOT NULL)")
-                db.commit()
-            await replicator.engine.commit_position()
+    async with items_replicator(tmp_path, intervals=FAST) as replicator:
         yield replicator
-    finally:
-        await replicator.stop()
 
 
 def follower(tmp_path: Path, name: str, replicator: Replicator) -> Follower:

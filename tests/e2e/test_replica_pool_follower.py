@@ -19,30 +19,24 @@ from sqlalchemy import event, text
 from forwarder import Forwarder, MemoryEngine, MemoryLog, Role, Topology, Txid
 from forwarder.dev.replication import Follower, Replicator
 from forwarder.sqlalchemy import create_engine
+from tests.e2e.conftest import items_replicator
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 
 @pytest.fixture
 async def nodes(tmp_path: Path) -> AsyncIterator[tuple[Replicator, Follower]]:
-    replicator = Replicator(
-        tmp_path / "p" / "app.db", tmp_path / "store", tmp_path / "ls.sock", log_path=tmp_path / "replicate.log"
-    )
     follower = Follower("r", tmp_path / "r" / "app.db", tmp_path / "store", log_path=tmp_path / "follow.log")
-    try:
-        with anyio.fail_after(30):
-            await replicator.start()
-            with closing(sqlite3.connect(replicator.database)) as db:
-                db.execute("CREATE TABLE items (n INTEGER NOT NULL)")
-                db.commit()
-            target = await replicator.engine.commit_position()
-            await follower.start()
-            while (follower.position() or 0) < target:
-                await asyncio.sleep(0.01)
-        yield replicator, follower
-    finally:
-        await follower.stop()
-        await replicator.stop()
+    async with items_replicator(tmp_path, "store") as replicator:
+        try:
+            with anyio.fail_after(30):
+                target = await replicator.engine.commit_position()
+                await follower.start()
+                while (follower.position() or 0) < target:
+                    await asyncio.sleep(0.01)
+            yield replicator, follower
+        finally:
+            await follower.stop()
 
 
 def replica_forwarder() -> Forwarder:

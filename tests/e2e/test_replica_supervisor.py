@@ -22,28 +22,15 @@ from forwarder.engines.base import Role
 from forwarder.engines.litestream import LitestreamEngine
 from forwarder.replica import ReplicaSupervisor, StorePosition
 from forwarder.replica.txid_file import read_txid_file
+from tests.e2e.conftest import items_replicator
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 
 @pytest.fixture
 async def replicator(tmp_path: Path) -> AsyncIterator[Replicator]:
-    replicator = Replicator(
-        tmp_path / "primary" / "app.db",
-        tmp_path / "store",
-        tmp_path / "primary" / "ls.sock",
-        log_path=tmp_path / "logs" / "replicate.log",
-    )
-    try:
-        with anyio.fail_after(20):
-            await replicator.start()
-            with closing(sqlite3.connect(replicator.database)) as db:
-                db.execute("CREATE TABLE items (n INTEGER NOT NULL)")
-                db.commit()
-            await replicator.engine.commit_position()
+    async with items_replicator(tmp_path, "store") as replicator:
         yield replicator
-    finally:
-        await replicator.stop()
 
 
 async def insert(replicator: Replicator, n: int) -> int:

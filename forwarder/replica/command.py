@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ..engines.litestream_config import recommended_intervals
-from ..store import parse_store
+from ..exceptions import EngineError
+from ..store import Store, parse_store
 from .primary import HealthPosition, PrimaryPosition, StorePosition
+from .store_files import CROWDED, crowded, files_by_level, ltx_files
 from .supervisor import MIN_GAP, STALL_LIMIT, ReplicaSupervisor
 
 __all__ = ["add_parser", "run"]
@@ -94,6 +96,7 @@ async def run(args: argparse.Namespace) -> int:
     try:
         await supervisor.start()
         logger.info("%s restored at %s from %s; following", database, supervisor.position(), store.describe())
+        await warn_if_crowded(store)
         watching = asyncio.create_task(supervisor.run())
         await stopping.wait()
         watching.cancel()
@@ -103,3 +106,14 @@ async def run(args: argparse.Namespace) -> int:
         await supervisor.stop()
         if isinstance(primary, HealthPosition):
             await primary.aclose()
+
+
+async def warn_if_crowded(store: Store, limit: int = CROWDED) -> None:
+    """Log a warning when the store holds more than `limit` L1 and L2 files (every idle poll lists them)."""
+    try:
+        warning = crowded(files_by_level(await ltx_files(store)), limit)
+    except EngineError as exc:
+        logger.warning("could not count the LTX files of %s: %s", store.describe(), exc)
+        return
+    if warning is not None:
+        logger.warning("%s: %s", store.describe(), warning)

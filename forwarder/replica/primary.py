@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
-from ..engines.litestream_config import litestream_binary, litestream_environ
 from ..exceptions import EngineUnavailable, InvalidTxid, PositionFormatError
 from ..store import Store
 from ..txid import Txid
+from .store_files import ltx_files
 
 __all__ = ["HealthPosition", "PrimaryPosition", "StorePosition", "callable_position"]
 
 HEALTH_TIMEOUT = 2.0
 """Seconds to wait for the primary's `/_forwarder/health`."""
-LTX_TIMEOUT = 10.0
-"""Seconds `litestream ltx` gets to list the store."""
 
 
 class PrimaryPosition(Protocol):
@@ -58,31 +54,11 @@ class StorePosition:
         self.store = store
 
     async def __call__(self) -> Txid:
-        process = await asyncio.create_subprocess_exec(
-            litestream_binary(),
-            "ltx",
-            "-json",
-            "-level",
-            "all",  # L0 is pruned after compaction: an idle store may have its newest txid in L1
-            self.store.url(),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=litestream_environ(self.store),
-        )
-        try:
-            out, err = await asyncio.wait_for(process.communicate(), LTX_TIMEOUT)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-            raise EngineUnavailable(f"`litestream ltx {self.store.url()}` did not answer in {LTX_TIMEOUT:g}s") from None
-        if process.returncode != 0:
-            raise EngineUnavailable(f"`litestream ltx` failed ({process.returncode}): {err.decode(errors='replace')}")
-        return _highest_txid(out)
+        return _highest_txid(await ltx_files(self.store))
 
 
-def _highest_txid(output: bytes) -> Txid:
+def _highest_txid(files: list[dict[str, Any]]) -> Txid:
     try:
-        files = json.loads(output or b"[]")
         values = [int(str(f["max_txid"]), 16) if isinstance(f["max_txid"], str) else int(f["max_txid"]) for f in files]
         return Txid(max(values, default=0))
     except (ValueError, TypeError, KeyError, InvalidTxid) as exc:

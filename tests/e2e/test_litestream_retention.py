@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sqlite3
@@ -16,6 +17,8 @@ import pytest
 
 from forwarder.dev.replication import Follower, Replicator
 from forwarder.engines.litestream_config import Intervals
+from forwarder.replica.command import warn_if_crowded
+from forwarder.replica.store_files import files_by_level, ltx_files
 from forwarder.txid import Txid
 from tests.e2e.conftest import items_replicator
 
@@ -25,7 +28,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 FAST = Intervals(l0_retention=0.2, compaction=0.2, snapshot=2.0)
 
 
-def ltx_files(store: Path, level: int) -> list[tuple[Txid, Txid]]:
+def ltx_files_at(store: Path, level: int) -> list[tuple[Txid, Txid]]:
     """(min, max) txid of every LTX file at `level` of a file store."""
     found = []
     for path in (store / "ltx" / str(level)).glob("*.ltx"):
@@ -74,11 +77,11 @@ async def test_old_l0_and_l1_files_leave_the_store_and_followers_still_get_every
             assert marked is not None
             final = await replicator.engine.commit_position()
             # Everything up to `marked` is 6 s old: three snapshots have been taken since.
-            level1 = ltx_files(store, 1)
+            level1 = ltx_files_at(store, 1)
             assert level1, "no L1 file: compaction did not run"
             assert all(high > marked for _, high in level1), f"L1 still holds txids up to {marked}: {level1[:3]}"
             assert len(level1) <= 3 * FAST.snapshot / FAST.compaction, len(level1)
-            assert all(high > marked for _, high in ltx_files(store, 0))
+            assert all(high > marked for _, high in ltx_files_at(store, 0))
             while (early.position() or Txid(0)) < final:
                 await anyio.sleep(0.01)
             assert rows(early.database) == written
@@ -120,8 +123,8 @@ async def test_a_follower_frozen_past_the_l0_retention_bridges_the_gap_from_l1(
                     await write_for(3)
                     final = await replicator.engine.commit_position()
                     # The L0 files right after the frozen follower's position are gone: only L1 has them.
-                    assert all(low > at + 1 for low, _ in ltx_files(tmp_path / "replica", 0))
-                    assert any(low <= at + 1 <= high for low, high in ltx_files(tmp_path / "replica", 1))
+                    assert all(low > at + 1 for low, _ in ltx_files_at(tmp_path / "replica", 0))
+                    assert any(low <= at + 1 <= high for low, high in ltx_files_at(tmp_path / "replica", 1))
                 finally:
                     os.kill(pid, signal.SIGCONT)
             while (frozen.position() or Txid(0)) < final:
@@ -130,3 +133,25 @@ async def test_a_follower_frozen_past_the_l0_retention_bridges_the_gap_from_l1(
             assert frozen.process.pid == pid  # caught up by itself, no restore
     finally:
         await frozen.stop()
+
+
+async def test_a_replica_warns_when_the_store_holds_more_l1_files_than_idle_polls_can_afford(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Litestream's own 24 h snapshot, and L1 compacted every 50 ms so it grows in seconds.
+    growing = Intervals(l0_retention=0.2, compaction=0.05, snapshot=86400.0)
+    async with items_replicator(tmp_path, intervals=growing) as replicator:
+        with anyio.fail_after(30), closing(sqlite3.connect(replicator.database)) as db:
+            for n in range(150):
+                db.execute("INSERT INTO items (n) VALUES (?)", (n,))
+                db.commit()
+                await anyio.sleep(0.01)
+            await replicator.engine.commit_position()
+            counts = files_by_level(await ltx_files(replicator.store))
+            assert counts[1] == len(ltx_files_at(tmp_path / "replica", 1)) > 10
+            with caplog.at_level(logging.WARNING, logger="forwarder.replica"):
+                await warn_if_crowded(replicator.store, limit=10)
+                quiet = [r for r in caplog.records if "L1" in r.getMessage()]
+                await warn_if_crowded(replicator.store)  # the default limit: far from it
+    assert len(quiet) == 1 and "retention: 1h" in quiet[0].getMessage()
+    assert len([r for r in caplog.records if "L1" in r.getMessage()]) == 1

@@ -96,11 +96,13 @@ async def run(args: argparse.Namespace) -> int:
     try:
         await supervisor.start()
         logger.info("%s restored at %s from %s; following", database, supervisor.position(), store.describe())
-        await warn_if_crowded(store)
+        # Beside the watchdog, not before it: a slow store must not hold up the stall checks.
+        checking = asyncio.create_task(warn_if_crowded(store))
         watching = asyncio.create_task(supervisor.run())
         await stopping.wait()
-        watching.cancel()
-        await asyncio.gather(watching, return_exceptions=True)
+        for task in (watching, checking):
+            task.cancel()
+        await asyncio.gather(watching, checking, return_exceptions=True)
         return 0
     finally:
         await supervisor.stop()

@@ -34,6 +34,8 @@ from bench.stats import report, table
 from bench.write_throughput import wrk
 from forwarder.dev.replication import Follower, Replicator
 from forwarder.engines.litestream_config import FILE_INTERVALS, Intervals
+from forwarder.replica.store_files import files_by_level, ltx_files
+from forwarder.store import Store
 
 BEFORE = Intervals(l0_retention=15.0, compaction=5.0, snapshot=86400.0)
 GROWING = Intervals(l0_retention=0.2, compaction=0.05, snapshot=86400.0)
@@ -49,8 +51,10 @@ LOAD_COLUMNS = [
 ]
 
 
-def count_files(store: Path, *levels: int) -> int:
-    return sum(len(list((store / "ltx" / str(level)).glob("*.ltx"))) for level in levels)
+async def count_files(store: Store, *levels: int) -> int:
+    """LTX files at `levels` of `store`, as `forwarder replica` counts them (`litestream ltx`)."""
+    counts = files_by_level(await ltx_files(store))
+    return sum(counts[level] for level in levels)
 
 
 async def idle_cpu(pid: int, seconds: float) -> float:
@@ -78,7 +82,9 @@ async def idle_by_files(bursts: int, burst_seconds: float) -> list[dict[str, Any
                 pid = follower.process.pid
                 await asyncio.sleep(1)
                 baseline = await idle_cpu(pid, 3)
-                rows.append({"L1 + L2 files": count_files(base / "store", 1, 2), "idle follower CPU %": baseline})
+                rows.append(
+                    {"L1 + L2 files": await count_files(replicator.store, 1, 2), "idle follower CPU %": baseline}
+                )
                 for _ in range(bursts):
                     deadline = time.monotonic() + burst_seconds
                     while time.monotonic() < deadline:
@@ -87,7 +93,9 @@ async def idle_by_files(bursts: int, burst_seconds: float) -> list[dict[str, Any
                         await asyncio.sleep(0.005)
                     await asyncio.sleep(1)  # L0 drains (0.2 s retention): what is left to list is L1 and L2
                     cpu = await idle_cpu(pid, 3)
-                    rows.append({"L1 + L2 files": count_files(base / "store", 1, 2), "idle follower CPU %": cpu})
+                    rows.append(
+                        {"L1 + L2 files": await count_files(replicator.store, 1, 2), "idle follower CPU %": cpu}
+                    )
         finally:
             await follower.stop()
             await replicator.stop()
@@ -104,7 +112,7 @@ async def under_load(name: str, intervals: Intervals, warm: float, seconds: floa
         before = cpu_seconds(cluster)
         result = await wrk(targets, 32, seconds)
         used = cpu_used(before, cpu_seconds(cluster))
-        l0 = count_files(cluster.data_dir / "replica", 0)
+        l0 = await count_files(cluster.store, 0)
         before = cpu_seconds(cluster)
         await asyncio.sleep(3)
         after = cpu_used(before, cpu_seconds(cluster))

@@ -95,9 +95,17 @@ async def test_old_l0_and_l1_files_leave_the_store_and_followers_still_get_every
         await late.stop()
 
 
-async def test_a_follower_frozen_past_the_l0_retention_bridges_the_gap_from_l1(
-    tmp_path: Path, replicator: Replicator
-) -> None:
+# L0 gone in 0.2 s, L1 kept 10 s: a follower frozen in between finds its next txids in L1 only. (Frozen past
+# the snapshot retention, L1 is gone too and only a new restore helps: the supervisor's stall check does it.)
+BRIDGEABLE = Intervals(l0_retention=0.2, compaction=0.2, snapshot=10.0)
+
+
+async def test_a_follower_frozen_past_the_l0_retention_bridges_the_gap_from_l1(tmp_path: Path) -> None:
+    async with items_replicator(tmp_path, intervals=BRIDGEABLE) as replicator:
+        await frozen_follower_catches_up(tmp_path, replicator)
+
+
+async def frozen_follower_catches_up(tmp_path: Path, replicator: Replicator) -> None:
     frozen = follower(tmp_path, "frozen", replicator)
     try:
         with anyio.fail_after(60):
@@ -120,7 +128,7 @@ async def test_a_follower_frozen_past_the_l0_retention_bridges_the_gap_from_l1(
                 os.kill(pid, signal.SIGSTOP)  # a fault, not the supervisor's pause: nobody knows
                 try:
                     at = frozen.position() or Txid(0)
-                    await write_for(3)
+                    await write_for(2)
                     final = await replicator.engine.commit_position()
                     # The L0 files right after the frozen follower's position are gone: only L1 has them.
                     assert all(low > at + 1 for low, _ in ltx_files_at(tmp_path / "replica", 0))

@@ -5,7 +5,9 @@ runs does not. Each server (`bench.apps.read_app` bare, and wrapped in `Forwarde
 Litestream replica, on uvicorn's default parser, httptools; the wrapped one on h11 as well, for what
 the parser costs) runs under `valgrind --tool=callgrind` with counting off; after a warm-up,
 counting is switched on for exactly `requests` sequential keep-alive GETs of a path, then off, and
-the dump's total divided by `requests` is the figure. The servers are counted at the same time,
+the dump's total divided by `requests` is the figure. Each path is asked as a bare `GET` with
+`Host` alone; `/hello` also as a browser asks for a page, with 14 headers and a cookie (`CASES`),
+because the middleware looks at every header and the bare app at none. The servers are counted at the same time,
 each in its own process, so nothing another does is in its count. (The
 SQLModel app is not counted this way: `forwarder.sqlalchemy` keeps an idle replica connection for
 10 ms, and at valgrind's speed that linger ends between two requests, so the count would include a
@@ -37,7 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.read_path import PATHS, make_database
+from bench.read_path import make_database
 from bench.servers import REPO, free_port, stop_group
 from bench.stats import report
 
@@ -55,9 +57,36 @@ H11 = "forwarder on h11"
 _TOTALS = re.compile(rb"^totals:\s*(\d+)", re.MULTILINE)
 
 
-def get_many(port: int, path: str, count: int) -> None:
-    """`count` GETs of `path`, one after another on one keep-alive connection, each read to its end."""
-    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+# What a browser sends with a page request (Chromium's navigation headers, a session cookie of the
+# app's own): every header is one more for the middleware's entry look, none for the bare app.
+BROWSER_HEADERS = (
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36\r\n"
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8\r\n"
+    "Accept-Language: en-GB,en;q=0.9\r\n"
+    "Accept-Encoding: gzip, deflate, br, zstd\r\n"
+    "Referer: http://127.0.0.1/books\r\n"
+    "Connection: keep-alive\r\n"
+    "Cookie: session=eyJ1c2VyIjo0Mn0.Z2x1ZQ.c2lnbmF0dXJlLXNpZ25hdHVyZQ; theme=dark\r\n"
+    "Upgrade-Insecure-Requests: 1\r\n"
+    "Sec-Fetch-Dest: document\r\n"
+    "Sec-Fetch-Mode: navigate\r\n"
+    "Sec-Fetch-Site: same-origin\r\n"
+    "Sec-Fetch-User: ?1\r\n"
+    "Priority: u=0, i\r\n"
+)
+CASES = (
+    ("/rows", "/rows", ""),
+    ("/hello", "/hello", ""),
+    ("/hello, a browser's 14 headers", "/hello", BROWSER_HEADERS),
+)
+"""(handler as reported, path, headers besides Host): each counted on every server."""
+
+
+def get_many(port: int, path: str, count: int, headers: str = "") -> None:
+    """`count` GETs of `path` (with `headers`), one after another on one keep-alive connection, each read
+    to its end."""
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode()
     with socket.create_connection(("127.0.0.1", port), timeout=120) as conn:
         pending = b""
         for _ in range(count):
@@ -125,17 +154,17 @@ def count_instructions(
     out = tmp / f"callgrind-{wrapped}-{http or 'default'}.out"
     per_request: dict[str, int] = {}
     with server(wrapped, database, out, callgrind=True, http=http) as (port, pid):
-        for index, path in enumerate(PATHS, start=1):
-            get_many(port, path, max(50, requests // 4))  # warm-up: caches, lazy imports, the thread pool
+        for index, (case, path, headers) in enumerate(CASES, start=1):
+            get_many(port, path, max(50, requests // 4), headers)  # warm-up: caches, lazy imports, the thread pool
             _control(pid, "--instr=on")
-            get_many(port, path, requests)
+            get_many(port, path, requests, headers)
             _control(pid, "--instr=off")
             _control(pid, "--dump")
             dump = Path(f"{out}.{index}")
             deadline = time.monotonic() + 30
             while not dump.exists() and time.monotonic() < deadline:
                 time.sleep(0.1)
-            per_request[path] = round(total_instructions(dump) / requests)
+            per_request[case] = round(total_instructions(dump) / requests)
     return per_request
 
 
@@ -148,17 +177,17 @@ def count_calls(wrapped: str, database: Path, tmp: Path, requests: int) -> dict[
     out = tmp / f"calls-{wrapped}.json"
     calls: dict[str, dict[str, float]] = {}
     with server(wrapped, database, out, callgrind=False) as (port, pid):
-        for path in PATHS:
-            get_many(port, path, requests)  # warm-up
+        for case, path, headers in CASES:
+            get_many(port, path, requests, headers)  # warm-up
             os.kill(pid, signal.SIGUSR1)
-            get_many(port, path, requests)
+            get_many(port, path, requests, headers)
             os.kill(pid, signal.SIGUSR2)
             deadline = time.monotonic() + 10
             while not out.exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
             rows = json.loads(out.read_text())
             out.unlink()
-            calls[path] = {f"{where}:{name}": count / requests for where, name, count in rows}
+            calls[case] = {f"{where}:{name}": count / requests for where, name, count in rows}
     return calls
 
 
@@ -183,7 +212,8 @@ def run(requests: int) -> dict[str, Any]:
             counted = {name: future.result() for name, future in futures.items()}
         calls = {name: count_calls(wrapped, database, tmp, requests) for name, wrapped in SIDES.items()}
     rows = []
-    for path in PATHS:
+    cases = [case for case, _, _ in CASES]
+    for path in cases:
         bare, ours = counted["bare"][path], counted["forwarder"][path]
         rows.append(
             {
@@ -196,8 +226,8 @@ def run(requests: int) -> dict[str, Any]:
                 "requests": requests,
             }
         )
-    added = {path: added_calls(calls["bare"][path], calls["forwarder"][path]) for path in PATHS}
-    python_calls = {path: {name: round(sum(calls[name][path].values()), 1) for name in SIDES} for path in PATHS}
+    added = {path: added_calls(calls["bare"][path], calls["forwarder"][path]) for path in cases}
+    python_calls = {path: {name: round(sum(calls[name][path].values()), 1) for name in SIDES} for path in cases}
     return {"rows": rows, "added_calls": added, "calls_per_request": python_calls, "requests": requests}
 
 

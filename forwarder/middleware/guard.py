@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 from typing import NamedTuple
 
 from starlette.types import Scope, Send
@@ -70,37 +71,65 @@ class Glance:
 
     Most requests carry no body framing headers, no node headers and no `fly-replay-src`; then no
     check has anything more to do, and a replica read takes its cookie and txid token from here.
+
+    A browser sends a dozen headers or more, so the look is made in C where it can be: the names
+    are taken and searched as one list and one joined string, and only the headers of a kind that
+    is present (a `forwarder-*` name, more than one `Cookie`) are walked in Python. Names an ASGI
+    server did not lowercase, as the spec asks, take the walk for every header (`_walk`).
     """
 
     __slots__ = ("claimed", "cookies", "framed", "replayed", "token")
 
     def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
-        framed = claimed = replayed = False
-        cookies: list[bytes] = []
-        token: bytes | None = None
+        self.framed = False
+        """Content-Length or Transfer-Encoding present: the request may have a body."""
+        self.claimed = False
+        """Node headers present (`forwarder-*` other than the client's own): checked, unsigned ones dropped."""
+        self.replayed = False
+        """`fly-replay-src` present: opened, an unsealed state removed."""
+        self.cookies: list[bytes] = []
+        """Every `Cookie` header value."""
+        self.token: bytes | None = None
+        """The `Forwarder-Txid` header (the read-your-writes cookie's header form), if any."""
+        names = list(map(_name, headers))
+        joined = b"\n".join(names)
+        if not joined.islower():  # a name in capitals (or no letter at all): the walk decides
+            self._walk(headers)
+            return
+        if b"content-length" in names or b"transfer-encoding" in names:
+            self.framed = True
+        if b"fly-replay-src" in names:
+            self.replayed = True
+        cookies = names.count(b"cookie")
+        if cookies == 1:
+            self.cookies.append(headers[names.index(b"cookie")][1])
+        elif cookies:
+            self.cookies.extend(value for name, value in headers if name == b"cookie")
+        if PREFIX in joined:  # the names starting with it, if any, are among those containing it
+            for name, value in headers:
+                if name.startswith(PREFIX):
+                    self._node_header(name, value)
+
+    def _walk(self, headers: list[tuple[bytes, bytes]]) -> None:
         for key, value in headers:
             name = key.lower()
             if name == b"cookie":
-                cookies.append(value)
+                self.cookies.append(value)
             elif name.startswith(PREFIX):
-                if name == h.TXID:
-                    token = value
-                elif name not in CLIENT_HEADERS:
-                    claimed = True
+                self._node_header(name, value)
             elif name == b"content-length" or name == b"transfer-encoding":
-                framed = True
+                self.framed = True
             elif name == b"fly-replay-src":
-                replayed = True
-        self.framed = framed
-        """Content-Length or Transfer-Encoding present: the request may have a body."""
-        self.claimed = claimed
-        """Node headers present (`forwarder-*` other than the client's own): checked, unsigned ones dropped."""
-        self.replayed = replayed
-        """`fly-replay-src` present: opened, an unsealed state removed."""
-        self.cookies = cookies
-        """Every `Cookie` header value."""
-        self.token = token
-        """The `Forwarder-Txid` header (the read-your-writes cookie's header form), if any."""
+                self.replayed = True
+
+    def _node_header(self, name: bytes, value: bytes) -> None:
+        if name == h.TXID:
+            self.token = value
+        elif name not in CLIENT_HEADERS:
+            self.claimed = True
+
+
+_name = operator.itemgetter(0)
 
 
 class Refusal(NamedTuple):

@@ -16,7 +16,7 @@ import pytest
 
 from bench.primary_cost import cost_row
 from bench.profile_hop import package_of, self_time_by_package
-from bench.read_instructions import added_calls, get_many, total_instructions
+from bench.read_instructions import BROWSER_HEADERS, added_calls, get_many, total_instructions
 from bench.read_path import pair_cpus, pin, spread
 from bench.stats import percentile, summary_ms, table
 
@@ -108,9 +108,11 @@ def test_added_calls_are_the_difference_per_request_most_first() -> None:
 class _Counting(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: every GET of one `get_many` on one connection
     seen: list[tuple[str, int]] = []
+    header_counts: list[int] = []
 
     def do_GET(self) -> None:
         self.seen.append((self.path, self.client_address[1]))
+        self.header_counts.append(len(self.headers))
         body = b"hello" if self.path != "/missing" else b"no"
         self.send_response(200 if self.path != "/missing" else 404)
         self.send_header("Content-Length", str(len(body)))
@@ -132,6 +134,7 @@ def counting_server() -> Iterator[int]:
         server.shutdown()
         server.server_close()
         _Counting.seen.clear()
+        _Counting.header_counts.clear()
 
 
 def test_get_many_sends_exactly_that_many_gets_on_one_connection(counting_server: int) -> None:
@@ -141,6 +144,11 @@ def test_get_many_sends_exactly_that_many_gets_on_one_connection(counting_server
     assert len({port for _, port in _Counting.seen}) == 1
     with pytest.raises(RuntimeError, match="404"):
         get_many(counting_server, "/missing", 1)
+
+
+def test_the_browser_case_sends_fourteen_headers_with_every_get(counting_server: int) -> None:
+    get_many(counting_server, "/hello", 3, BROWSER_HEADERS)
+    assert _Counting.header_counts == [14, 14, 14]
 
 
 def test_primary_cost_ratios_are_the_median_of_each_rounds_own() -> None:

@@ -152,6 +152,11 @@ class FollowerGuard:
                     self._replaced = True
 
     @property
+    def modified_at(self) -> float | None:
+        """Wall clock of the first foreign write since the last restore (None: no `problem`)."""
+        return self._modified_at
+
+    @property
     def problem(self) -> str | None:
         """What is wrong with the file and how to fix it, while a foreign write is not yet restored over."""
         if self._modified_at is None:

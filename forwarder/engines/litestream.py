@@ -100,6 +100,15 @@ class LitestreamEngine(Engine):
     def problem(self) -> str | None:
         return None if self._role is Role.PRIMARY else self._guard.problem
 
+    @property
+    def unreadable(self) -> str | None:
+        # `Engine.unreadable` in one frame: it runs before every replica read.
+        if self._role is Role.PRIMARY:
+            return None
+        if not self._watch.restored:
+            return "restoring"
+        return None if self._guard.modified_at is None else "modified"
+
     def local_writes(self, *, look: bool = True) -> int:
         return 0 if self._role is Role.PRIMARY else self._guard.check() if look else self._guard.writes
 

@@ -34,7 +34,7 @@ class CallTracking(context.RequestWrites):
 
     ```python
     with CallTracking(scope, cookie_policy) as calls:
-        await app(scope, receive, HeldErrorResponse(send, stamp, calls.stamp))
+        await app(scope, receive, HeldErrorResponse(send, stamp, calls))
     ```
     """
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Awaitable, Callable, Generator, Iterator
+from typing import Protocol
 
 from starlette.types import Message, Receive, Send
 
 from ..exceptions import LocalWriteAfterResponse, MustRunOnPrimary
+from ..txid import Txid
 
 __all__ = [
     "BodyRecorder",
+    "CallStamp",
     "HeldErrorResponse",
     "LocalWriteAfterResponse",
     "chain",
@@ -112,6 +115,14 @@ class BodyRecorder:
         return None if self.overflow else b"".join(self._chunks)
 
 
+class CallStamp(Protocol):
+    """What stamps a response with the txid of the request's `@primary_only` calls (`CallTracking`)."""
+
+    txid: Txid | None
+
+    def stamp(self, message: Message) -> None: ...
+
+
 class HeldErrorResponse:
     """Wraps `send`, holding back a 5xx response until the app finishes.
 
@@ -131,13 +142,13 @@ class HeldErrorResponse:
         self,
         send: Send,
         stamp: list[tuple[bytes, bytes]],
-        stamp_calls: Callable[[Message], None],
+        calls: CallStamp,
         local_writes: Callable[[], int] | None = None,
         seen: int = 0,
     ) -> None:
         self._send = send
         self._stamp = stamp  # headers added to the response (Forwarder-Node, ...)
-        self._stamp_calls = stamp_calls  # ... and, as it goes out, the txid of the request's @primary_only calls
+        self._calls = calls  # ... and, as it goes out, the txid of the request's @primary_only calls
         self._local_writes = local_writes
         self._seen = seen
         self._held: list[Message] = []
@@ -151,32 +162,39 @@ class HeldErrorResponse:
             self._held.append(message)
             return _DONE
         kind = message["type"]
+        # The local-write test is written out in both places: a frame for it, twice per response,
+        # cost more than the test itself.
         if kind == "http.response.start":
             # A new list: the app may reuse its own (a Response's raw_headers).
             message["headers"] = [*message.get("headers", ()), *self._stamp]
-            if message["status"] >= 500 or self._wrote():
+            if message["status"] >= 500:
+                self._held.append(message)
+                return _DONE
+            counter = self._local_writes
+            if counter is not None and counter() != self._seen:
+                self.wrote = True
+            if self.wrote:
                 self._held.append(message)
                 return _DONE
             self.started = True
-            self._stamp_calls(message)
-        elif kind == "http.response.body" and not message.get("more_body", False) and self._wrote():
-            raise LocalWriteAfterResponse(
-                "the app wrote to this replica's database file while streaming a response; the response "
-                "is cut off, because that write will never reach the primary"
-            )
+            if self._calls.txid is not None:  # rarely: no frame of `stamp` on the way otherwise
+                self._calls.stamp(message)
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            counter = self._local_writes
+            if counter is not None and counter() != self._seen:
+                self.wrote = True
+            if self.wrote:
+                raise LocalWriteAfterResponse(
+                    "the app wrote to this replica's database file while streaming a response; the response "
+                    "is cut off, because that write will never reach the primary"
+                )
         return self._send(message)
-
-    def _wrote(self) -> bool:
-        counter = self._local_writes
-        if counter is not None and counter() != self._seen:
-            self.wrote = True
-        return self.wrote
 
     async def release(self) -> None:
         held, self._held = self._held, []
         if held:
             self.started = True
-            self._stamp_calls(held[0])  # the response start
+            self._calls.stamp(held[0])  # the response start
         for message in held:
             await self._send(message)
 
@@ -193,7 +211,7 @@ class HeldErrorResponse:
         if message["type"] == "http.response.start":
             message["headers"] = [*message.get("headers", ()), *self._stamp]
             self.started = True
-            self._stamp_calls(message)
+            self._calls.stamp(message)
         return self._send(message)
 
 

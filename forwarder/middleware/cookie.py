@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 
 from starlette.types import Scope
@@ -45,7 +46,14 @@ def txid_token(value: bytes) -> Txid | None:
 def _is_https(scope: Scope) -> bool:
     if scope.get("scheme") in ("https", "wss"):
         return True
-    return any(k == b"x-forwarded-proto" and v.split(b",")[0].strip() == b"https" for k, v in scope["headers"])
+    headers = scope["headers"]
+    # Asked on every write: the names are searched in C, and walked only when the header is there.
+    if b"x-forwarded-proto" not in map(_name, headers):
+        return False
+    return any(k == b"x-forwarded-proto" and v.split(b",")[0].strip() == b"https" for k, v in headers)
+
+
+_name = operator.itemgetter(0)
 
 
 def _attributes(policy: CookiePolicy, scope: Scope, max_age: int) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
-from forwarder.middleware.guard import Glance
+from forwarder.middleware.guard import Glance, framing_problem
 from forwarder.node_headers import CLIENT_HEADERS, PREFIX
 
 # Names the checks care about, in any case, among ordinary ones and look-alikes.
@@ -40,7 +40,8 @@ _NAMES = st.sampled_from(
         b"",
     ]
 )
-_HEADERS = st.lists(st.tuples(_NAMES | st.binary(max_size=20), st.binary(max_size=12)), max_size=16)
+_VALUES = st.sampled_from([b"5", b"120", b"", b"5, 5", b"5,6", b" 5", b"-1", b"chunked"]) | st.binary(max_size=12)
+_HEADERS = st.lists(st.tuples(_NAMES | st.binary(max_size=20), _VALUES), max_size=16)
 
 
 def _reference(headers: list[tuple[bytes, bytes]]) -> tuple[bool, bool, bool, list[bytes], bytes | None]:
@@ -68,6 +69,20 @@ def _reference(headers: list[tuple[bytes, bytes]]) -> tuple[bool, bool, bool, li
 def test_the_glance_finds_what_a_walk_over_every_header_finds(headers: list[tuple[bytes, bytes]]) -> None:
     glance = Glance(headers)
     assert (glance.framed, glance.claimed, glance.replayed, glance.cookies, glance.token) == _reference(headers)
+    if glance.plain_length:  # the framing check is skipped: it must have had nothing to refuse
+        assert framing_problem(headers) is None
+
+
+def test_one_content_length_of_digits_skips_the_framing_walk_and_anything_else_does_not() -> None:
+    assert Glance([(b"host", b"a"), (b"content-length", b"12")]).plain_length
+    for headers in (
+        [(b"content-length", b"12"), (b"transfer-encoding", b"chunked")],
+        [(b"content-length", b"12"), (b"content-length", b"12")],
+        [(b"content-length", b"1 2")],
+        [(b"Content-Length", b"12")],
+        [(b"transfer-encoding", b"chunked")],
+    ):
+        assert not Glance(headers).plain_length, headers
 
 
 def test_a_browser_request_with_one_cookie_and_a_node_header_in_capitals() -> None:

@@ -33,9 +33,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -123,20 +124,41 @@ def server(
 ) -> Iterator[tuple[int, int]]:
     """A read-app server on a free port (uvicorn's default parser, or `http`), under callgrind (counting
     off) or counting calls; yields (port, pid)."""
-    port = free_port()
-    env = {**os.environ, "BENCH_WRAPPED": wrapped, "BENCH_DATABASE": str(database), "BENCH_CALLS_OUT": str(out)}
+    env = {"BENCH_WRAPPED": wrapped, "BENCH_DATABASE": str(database), "BENCH_CALLS_OUT": str(out)}
     app = "bench.apps.read_app:app" if callgrind else "bench.apps.call_counter:app"
+    with app_server(app, env, out, callgrind=callgrind, http=http, ready=lambda port: get_many(port, "/hello", 1)) as (
+        port,
+        pid,
+    ):
+        yield port, pid
+
+
+@contextmanager
+def app_server(
+    app: str,
+    env: dict[str, str],
+    out: Path,
+    *,
+    callgrind: bool,
+    ready: Callable[[int], None],
+    http: str | None = None,
+) -> Iterator[tuple[int, int]]:
+    """uvicorn serving `app` on a free port with `env`, under callgrind (counting off, dumps to `out`)
+    or not; ready once `ready(port)` returns without an error; yields (port, pid)."""
+    port = free_port()
     argv = [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--no-access-log", "--log-level", "warning"]
     if http is not None:
         argv += ["--http", http]
     if callgrind:
         argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", *argv]
-    process = subprocess.Popen(argv, env=env, cwd=REPO, start_new_session=True, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        argv, env={**os.environ, **env}, cwd=REPO, start_new_session=True, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 180  # Python's start-up under valgrind takes tens of seconds
         while True:
             try:
-                get_many(port, "/hello", 1)
+                ready(port)
                 break
             except (OSError, RuntimeError):
                 if process.poll() is not None or time.monotonic() > deadline:
@@ -156,16 +178,22 @@ def count_instructions(
     with server(wrapped, database, out, callgrind=True, http=http) as (port, pid):
         for index, (case, path, headers) in enumerate(CASES, start=1):
             get_many(port, path, max(50, requests // 4), headers)  # warm-up: caches, lazy imports, the thread pool
-            _control(pid, "--instr=on")
-            get_many(port, path, requests, headers)
-            _control(pid, "--instr=off")
-            _control(pid, "--dump")
-            dump = Path(f"{out}.{index}")
-            deadline = time.monotonic() + 30
-            while not dump.exists() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            per_request[case] = round(total_instructions(dump) / requests)
+            counted = counted_run(pid, Path(f"{out}.{index}"), partial(get_many, port, path, requests, headers))
+            per_request[case] = round(counted / requests)
     return per_request
+
+
+def counted_run(pid: int, dump: Path, run: Callable[[], None]) -> int:
+    """The instructions process `pid` (under callgrind, counting off) runs while `run()` runs: counting
+    on, `run()`, counting off, and the dump callgrind then writes to `dump` read."""
+    _control(pid, "--instr=on")
+    run()
+    _control(pid, "--instr=off")
+    _control(pid, "--dump")
+    deadline = time.monotonic() + 30
+    while not dump.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return total_instructions(dump)
 
 
 def _control(pid: int, option: str) -> None:

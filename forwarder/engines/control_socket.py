@@ -176,6 +176,7 @@ class ControlSocket:
         self.path = path
         self._idle: list[_Connection] = []
         self._requests: dict[tuple[str, str], bytes] = {}
+        self._targets: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
 
     async def request(self, method: str, target: str, body: bytes | None = None) -> tuple[int, bytes]:
         encoded = self._encode(method, target, body)
@@ -200,7 +201,7 @@ class ControlSocket:
         database: Path,
     ) -> dict[str, Any]:
         """The JSON object Litestream answers about `database`, within `SYNC_TIMEOUT`; errors are forwarder's."""
-        target = path + ("?" + urlencode(params) if params else "")
+        target = path if not params else self._target(path, params)
         body = None if payload is None else json.dumps(payload).encode()
         with self._map_errors():
             async with asyncio.timeout(SYNC_TIMEOUT):
@@ -234,6 +235,17 @@ class ControlSocket:
                 "is `litestream replicate` running with `socket: enabled: true`?"
             ) from exc
 
+    def _target(self, path: str, params: dict[str, str]) -> str:
+        # The primary asks the same few (sync-status of its database on every quiet write): the
+        # query is encoded once, not by urllib on every request.
+        key = (path, tuple(params.items()))
+        target = self._targets.get(key)
+        if target is None:
+            target = path + "?" + urlencode(params)
+            if len(self._targets) < _MAX_KEPT_REQUESTS:
+                self._targets[key] = target
+        return target
+
     def _encode(self, method: str, target: str, body: bytes | None) -> bytes:
         if body is None and (kept := self._requests.get((method, target))) is not None:
             return kept
@@ -263,18 +275,20 @@ class ControlSocket:
 def _parse_head(raw: bytes) -> tuple[int, int | None, bool, bool]:
     if len(raw) > _MAX_HEAD:
         raise ControlSocketError("the reply's head is too long")
-    lines = raw.decode("latin-1").split("\r\n")
-    version, _, rest = lines[0].partition(" ")
+    status_line, _, fields = raw.decode("latin-1").partition("\r\n")
+    version, _, rest = status_line.partition(" ")
     code = rest.partition(" ")[0]
     if not version.startswith("HTTP/1.") or not code.isdigit():
-        raise ControlSocketError(f"not an HTTP/1.x status line: {lines[0][:100]!r}")
+        raise ControlSocketError(f"not an HTTP/1.x status line: {status_line[:100]!r}")
     length: int | None = None
     chunked = False
     keep = version == "HTTP/1.1"
-    for line in lines[1:]:
+    # One lowercase copy of the fields, not two per line: this runs for every quiet write's sync-status.
+    for line in fields.lower().split("\r\n"):
         name, _, value = line.partition(":")
-        name, value = name.strip().lower(), value.strip().lower()
+        name = name.strip()
         if name == "content-length":
+            value = value.strip()
             if not value.isdigit() or int(value) > _MAX_BODY:
                 raise ControlSocketError(f"bad Content-Length {value[:40]!r}")
             length = int(value)

@@ -28,7 +28,7 @@ from .base import Engine, PrimaryInfo, Role
 from .control_socket import ControlSocket
 from .follower_guard import CHECK_INTERVAL, FollowerGuard
 from .litestream_config import litestream_binary, replicate_config
-from .litestream_keeper import TxidKeeper
+from .litestream_keeper import QUIET, TxidKeeper
 from .litestream_position import CoveringCheck
 from .txid_watch import TxidWatch
 
@@ -36,13 +36,19 @@ __all__ = ["LitestreamEngine", "litestream_binary", "replicate_config"]
 
 logger = logging.getLogger("forwarder.engines.litestream")
 
-QUIET_GAP = 0.05
-"""Seconds since the previous `promise_position()` above which it asks sync-status once (see there).
+QUIET_GAP = QUIET
+"""Seconds since the previous `promise_position()` above which it asks sync-status once (see there):
+the keeper's own `QUIET`.
 
-At 20 writes/s or fewer a control-socket round trip is cheap, and it spares a read with the cookie soon
-after a lone write a sync's wait: 23.6 against 33.0 ms p50 from local files alone (`bench/prompt_txid.py`).
-Asked for every write, it cost a third of the throughput at 8 connections and 3-4 ms p50 at 1 on a loaded
-machine (`bench/primary_cost.py`, `forwarder, status`); hence a gap well above a busy client's."""
+A promise (`newest + 2`) made with no write following within `QUIET` is kept by the keeper's write,
+so a primary writing every 10-50 ms paid one keeper write, one more LTX file (an S3 PUT on a bucket)
+and one more batch for every follower, per write: 57 keeper writes for 60 writes 20 ms apart with a
+50 ms gap, 4 with this one (`tests/e2e/test_litestream_engine.py`, writes 20 ms apart).
+Past that gap a control-socket round trip is cheap, and `newest + 1` also spares a read with the
+cookie soon after a lone write a sync's wait (23.6 against 33.0 ms p50 from local files alone,
+`bench/prompt_txid.py`). Closer writes keep the prompt path: asked for every write, sync-status cost
+a third of the throughput at 8 connections and 3-4 ms p50 at 1 on a loaded machine
+(`bench/primary_cost.py`, `forwarder, status`), and there the next write makes the promised txid."""
 
 
 class LitestreamEngine(Engine):

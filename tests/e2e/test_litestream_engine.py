@@ -173,6 +173,35 @@ async def test_concurrent_prompt_positions_cover_each_callers_own_write_and_come
         await assert_each_txid_holds_its_rows(replicator, got, tmp_path / "prompt")
 
 
+async def test_writes_20_ms_apart_get_the_next_txid_and_almost_no_keeper_write(
+    tmp_path: Path, replicator: Replicator
+) -> None:
+    # A primary writing every 20 ms (an app with a few dozen writes a second): past the keeper's
+    # QUIET, a promise would be kept by a write of the keeper's own after each one, doubling the
+    # LTX files (and a bucket's PUTs). Past QUIET_GAP the engine asks sync-status instead.
+    engine = LitestreamEngine(replicator.database, Role.PRIMARY, socket_path=replicator.socket_path)
+    got: dict[int, Txid] = {}
+    with anyio.fail_after(60):
+        async with engine:
+            with closing(sqlite3.connect(replicator.database)) as db:
+                for n in range(40):
+                    db.execute("INSERT INTO items (n) VALUES (?)", (n,))
+                    db.commit()
+                    got[n] = await engine.promise_position()
+                    await anyio.sleep(0.02)
+            while engine.keeper.running:
+                await anyio.sleep(0.01)
+            newest = max(got.values())
+            while await replicator.txid() < newest:
+                await anyio.sleep(0.01)
+    # A sync already running when a write lands still takes the promise (and sometimes the keeper).
+    assert engine.keeper.bumps <= 20, f"{engine.keeper.bumps} keeper writes for 40 writes"  # 38 with a 50 ms gap
+    covering = engine.covering
+    assert covering is not None
+    assert covering.outcomes["next txid"] >= 15, covering.outcomes
+    await assert_each_txid_holds_its_rows(replicator, got, tmp_path / "spaced")
+
+
 async def test_a_caller_never_joins_a_sync_that_started_before_it(tmp_path: Path) -> None:
     """Against a fake control socket that answers each /sync with the number of commits made before it arrived."""
     commits = 0

@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from forwarder.engines.control_socket import ControlSocket
+from forwarder.engines.control_socket import ControlSocket, ControlSocketError, _parse_head
 from forwarder.exceptions import EngineError, EngineUnavailable
 
 pytestmark = pytest.mark.anyio
@@ -195,3 +196,65 @@ async def test_a_post_carries_its_json_body(tmp_path: Path) -> None:
         reply = await client.json("POST", "/sync", payload={"path": "/d", "wait": True}, database=Path("/d"))
         assert reply == {"txid": 9}
         assert b"Content-Type: application/json\r\nContent-Length: 28\r\n" in server.requests[0]
+
+
+def _reference_head(raw: bytes) -> tuple[int, int | None, bool, bool]:
+    """The reply-head rule, line by line: status code, Content-Length, chunked, keep-alive."""
+    lines = raw.decode("latin-1").split("\r\n")
+    version, _, rest = lines[0].partition(" ")
+    code = rest.partition(" ")[0]
+    if not version.startswith("HTTP/1.") or not code.isdigit():
+        raise ControlSocketError(f"not an HTTP/1.x status line: {lines[0][:100]!r}")
+    length: int | None = None
+    chunked = False
+    keep = version == "HTTP/1.1"
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        name, value = name.strip().lower(), value.strip().lower()
+        if name == "content-length":
+            if not value.isdigit() or int(value) > 4 * 1024 * 1024:
+                raise ControlSocketError(f"bad Content-Length {value[:40]!r}")
+            length = int(value)
+        elif name == "transfer-encoding":
+            chunked = "chunked" in value
+        elif name == "connection":
+            keep = "close" not in value and (keep or "keep-alive" in value)
+    return int(code), length, chunked, keep
+
+
+_STATUS_LINES = st.sampled_from(
+    ["HTTP/1.1 200 OK", "HTTP/1.0 200 OK", "HTTP/1.1 500 x", "HTTP/2 200", "HTTP/1.1 OK", ""]
+)
+_FIELDS = st.sampled_from(
+    [
+        "Content-Length: 12",
+        "content-length:7",
+        "Content-Length:  3 ",
+        "CONTENT-LENGTH: x",
+        "Content-Length: 99999999",
+        "Transfer-Encoding: Chunked",
+        "transfer-encoding: gzip",
+        "Connection: close",
+        "Connection: Keep-Alive",
+        "connection: upgrade",
+        " Content-Length : 5",
+        "Content-Type: application/json",
+        "Date: Thu, 03 Dec 2026 07:00:00 GMT",
+        "",
+    ]
+) | st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255), max_size=20)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_STATUS_LINES, st.lists(_FIELDS, max_size=6))
+def test_the_reply_head_is_read_as_the_line_by_line_rule_reads_it(status: str, fields: list[str]) -> None:
+    raw = "\r\n".join([status, *fields]).encode("latin-1")
+    try:
+        expected: object = _reference_head(raw)
+    except ControlSocketError as exc:
+        expected = str(exc)
+    try:
+        got: object = _parse_head(raw)
+    except ControlSocketError as exc:
+        got = str(exc)
+    assert got == expected

@@ -19,6 +19,7 @@ from bench.profile_hop import package_of, self_time_by_package
 from bench.read_instructions import BROWSER_HEADERS, added_calls, get_many, total_instructions
 from bench.read_path import pair_cpus, pin, spread
 from bench.stats import percentile, summary_ms, table
+from bench.write_instructions import post_many
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -119,6 +120,15 @@ class _Counting(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.seen.append((self.path, self.client_address[1]))
+        answer = b'{"id": %d}' % len(body)
+        self.send_response(201 if self.path == "/write" else 404)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
     def log_message(self, format: str, *args: object) -> None:
         return None
 
@@ -144,6 +154,12 @@ def test_get_many_sends_exactly_that_many_gets_on_one_connection(counting_server
     assert len({port for _, port in _Counting.seen}) == 1
     with pytest.raises(RuntimeError, match="404"):
         get_many(counting_server, "/missing", 1)
+
+
+def test_post_many_sends_that_many_writes_on_one_connection_and_wants_201(counting_server: int) -> None:
+    post_many(counting_server, 7)
+    assert [path for path, _ in _Counting.seen] == ["/write"] * 7
+    assert len({port for _, port in _Counting.seen}) == 1
 
 
 def test_the_browser_case_sends_fourteen_headers_with_every_get(counting_server: int) -> None:

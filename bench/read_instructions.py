@@ -56,6 +56,7 @@ COLUMNS = [
 SIDES = {"bare": "0", "forwarder": "1"}
 H11 = "forwarder on h11"
 _TOTALS = re.compile(rb"^totals:\s*(\d+)", re.MULTILINE)
+_LENGTH = re.compile(rb"(?im)^content-length:\s*(\d+)")
 
 
 # What a browser sends with a page request (Chromium's navigation headers, a session cookie of the
@@ -88,6 +89,13 @@ def get_many(port: int, path: str, count: int, headers: str = "") -> None:
     """`count` GETs of `path` (with `headers`), one after another on one keep-alive connection, each read
     to its end."""
     request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode()
+    send_many(port, request, count, b"200", f"GET {path}")
+
+
+def send_many(port: int, request: bytes, count: int, status: bytes, what: str) -> None:
+    """Send `request` `count` times, one after another on one keep-alive connection, each answer read to
+    its end and required to have `status` (else RuntimeError naming `what`)."""
+    expected = b"HTTP/1.1 " + status
     with socket.create_connection(("127.0.0.1", port), timeout=120) as conn:
         pending = b""
         for _ in range(count):
@@ -95,9 +103,10 @@ def get_many(port: int, path: str, count: int, headers: str = "") -> None:
             while b"\r\n\r\n" not in pending:
                 pending += _recv(conn)
             head, _, pending = pending.partition(b"\r\n\r\n")
-            if not head.startswith(b"HTTP/1.1 200"):
-                raise RuntimeError(f"GET {path}: {head.splitlines()[0].decode('latin-1')}")
-            length = int(re.search(rb"(?im)^content-length:\s*(\d+)", head).group(1))  # type: ignore[union-attr]
+            if not head.startswith(expected):
+                raise RuntimeError(f"{what}: {head.splitlines()[0].decode('latin-1')}")
+            match = _LENGTH.search(head)
+            length = int(match.group(1)) if match else 0
             while len(pending) < length:
                 pending += _recv(conn)
             pending = pending[length:]

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import shutil
-import socket
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
@@ -34,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from bench.read_instructions import app_server, counted_run
+from bench.read_instructions import app_server, counted_run, send_many
 from bench.stats import report
 from forwarder.dev.replication import Replicator
 
@@ -47,7 +45,6 @@ COLUMNS = [
 ]
 APP = "bench.apps.write_app:app"
 SETUPS = ("bare", "litestream", "forwarder", "forwarder, no txid")
-_LENGTH = re.compile(rb"(?im)^content-length:\s*(\d+)")
 
 
 def post_many(port: int, count: int) -> None:
@@ -57,27 +54,7 @@ def post_many(port: int, count: int) -> None:
         b"POST /write HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
     )
-    with socket.create_connection(("127.0.0.1", port), timeout=120) as conn:
-        pending = b""
-        for _ in range(count):
-            conn.sendall(request)
-            while b"\r\n\r\n" not in pending:
-                pending += _recv(conn)
-            head, _, pending = pending.partition(b"\r\n\r\n")
-            if not head.startswith(b"HTTP/1.1 201"):
-                raise RuntimeError(f"POST /write: {head.splitlines()[0].decode('latin-1')}")
-            match = _LENGTH.search(head)
-            length = int(match.group(1)) if match else 0
-            while len(pending) < length:
-                pending += _recv(conn)
-            pending = pending[length:]
-
-
-def _recv(conn: socket.socket) -> bytes:
-    data = conn.recv(65536)
-    if not data:
-        raise RuntimeError("the server closed the connection")
-    return data
+    send_many(port, request, count, b"201", "POST /write")
 
 
 def count_writes(app_env: dict[str, str], out: Path, requests: int) -> tuple[int, dict[str, Any]]:

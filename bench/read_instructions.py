@@ -135,11 +135,9 @@ def server(
     off) or counting calls; yields (port, pid)."""
     env = {"BENCH_WRAPPED": wrapped, "BENCH_DATABASE": str(database), "BENCH_CALLS_OUT": str(out)}
     app = "bench.apps.read_app:app" if callgrind else "bench.apps.call_counter:app"
-    with app_server(app, env, out, callgrind=callgrind, http=http, ready=lambda port: get_many(port, "/hello", 1)) as (
-        port,
-        pid,
-    ):
-        yield port, pid
+    ready = partial(get_many, path="/hello", count=1)
+    with app_server(app, env, out, callgrind=callgrind, http=http, ready=ready) as started:
+        yield started
 
 
 @contextmanager

@@ -9,8 +9,9 @@ sequential keep-alive POSTs, and the dump's total divided by `requests` is the f
 - `bare`: the app without forwarder on its own database;
 - `litestream`: the same, its database replicated by `litestream replicate` (the dev cluster's
   config): the single-node baseline of the primary-cost target;
-- `forwarder`: the app inside `ForwarderMiddleware` as a Litestream primary, its txid from the local
-  files (`BENCH_COMMIT=files`: what a busy primary does; a quiet one asks sync-status first);
+- `forwarder`: the app inside `ForwarderMiddleware` as a Litestream primary, as it runs by default.
+  At valgrind's pace writes come more than `QUIET_GAP` apart, so this is a quiet primary's write
+  (one sync-status each); `/outcomes` says which answers its txids were;
 - `forwarder, no txid`: the same answering txid 1 (not correct: what the rest of the middleware costs).
 
 Litestream runs beside each replicated one at full speed, uncounted: only the app's process is.

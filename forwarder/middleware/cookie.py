@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterable
 
 from starlette.types import Scope
@@ -10,6 +9,7 @@ from starlette.types import Scope
 from ..exceptions import InvalidTxid
 from ..policy import CookiePolicy
 from ..txid import Txid
+from .headers import NAME
 
 __all__ = ["clear_cookie", "read_cookie", "set_cookie", "txid_in", "txid_token"]
 
@@ -48,12 +48,9 @@ def _is_https(scope: Scope) -> bool:
         return True
     headers = scope["headers"]
     # Asked on every write: the names are searched in C, and walked only when the header is there.
-    if b"x-forwarded-proto" not in map(_name, headers):
+    if b"x-forwarded-proto" not in map(NAME, headers):
         return False
     return any(k == b"x-forwarded-proto" and v.split(b",")[0].strip() == b"https" for k, v in headers)
-
-
-_name = operator.itemgetter(0)
 
 
 def _attributes(policy: CookiePolicy, scope: Scope, max_age: int) -> str:

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import logging
-import operator
 from typing import NamedTuple
 
 from starlette.types import Scope, Send
@@ -93,7 +92,7 @@ class Glance:
         """Every `Cookie` header value."""
         self.token: bytes | None = None
         """The `Forwarder-Txid` header (the read-your-writes cookie's header form), if any."""
-        names = list(map(_name, headers))
+        names = list(map(h.NAME, headers))
         joined = b"\n".join(names)
         if not joined.islower():  # a name in capitals (or no letter at all): the walk decides
             self._walk(headers)
@@ -132,9 +131,6 @@ class Glance:
             self.token = value
         elif name not in CLIENT_HEADERS:
             self.claimed = True
-
-
-_name = operator.itemgetter(0)
 
 
 class Refusal(NamedTuple):

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import operator
+
 __all__ = [
     "FORWARDED_BY",
     "FORWARDED_VIA",
     "HOP_BY_HOP",
+    "NAME",
     "NODE",
     "REASON",
     "STALE",
     "TXID",
     "WRITE_REASONS",
 ]
+
+NAME = operator.itemgetter(0)
+"""The name of a `(name, value)` header pair: `map(NAME, headers)` takes a request's names in C."""
 
 TXID = b"forwarder-txid"
 NODE = b"forwarder-node"

@@ -155,6 +155,11 @@ async def test_a_replica_warns_when_the_store_holds_more_l1_files_than_idle_poll
                 db.commit()
                 await anyio.sleep(0.01)
             await replicator.engine.commit_position()
+            # Compaction runs every 50 ms: compare the two listings once the last L0 is in L1.
+            settled = -1
+            while (now := len(ltx_files_at(tmp_path / "replica", 1))) != settled:
+                settled = now
+                await anyio.sleep(0.3)
             counts = files_by_level(await ltx_files(replicator.store))
             assert counts[1] == len(ltx_files_at(tmp_path / "replica", 1)) > 10
             with caplog.at_level(logging.WARNING, logger="forwarder.replica"):

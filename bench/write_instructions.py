@@ -1,7 +1,7 @@
 """A direct write in instructions: what one `POST /write` costs the primary's server process.
 
 The primary-cost benchmark (`bench.primary_cost`) measures throughput, which a shared 2-core machine
-moves from run to run; the instructions a write runs do not move. Four servers of
+moves from run to run; the instructions a write runs do not move. Five servers of
 `bench/apps/write_app.py` on the nodes' stack (uvicorn, httptools, uvloop) run under
 `valgrind --tool=callgrind` with counting off; after a warm-up, counting is on for exactly `requests`
 sequential keep-alive POSTs, and the dump's total divided by `requests` is the figure:
@@ -12,6 +12,8 @@ sequential keep-alive POSTs, and the dump's total divided by `requests` is the f
 - `forwarder`: the app inside `ForwarderMiddleware` as a Litestream primary, as it runs by default.
   At valgrind's pace writes come more than `QUIET_GAP` apart, so this is a quiet primary's write
   (one sync-status each); `/outcomes` says which answers its txids were;
+- `forwarder, busy`: the same as a primary whose writes keep coming answers them: the txid from
+  local files (`newest + 2`, or the newest), the keeper idle (`BENCH_COMMIT=busy`);
 - `forwarder, no txid`: the same answering txid 1 (not correct: what the rest of the middleware costs).
 
 Litestream runs beside each replicated one at full speed, uncounted: only the app's process is.
@@ -45,7 +47,9 @@ COLUMNS = [
     "requests",
 ]
 APP = "bench.apps.write_app:app"
-SETUPS = ("bare", "litestream", "forwarder", "forwarder, no txid")
+COMMIT = {"forwarder": None, "forwarder, busy": "busy", "forwarder, no txid": "none"}
+"""`BENCH_COMMIT` of each forwarder setup (`bench/apps/write_app.py`); None: as it runs by default."""
+SETUPS = ("bare", "litestream", *COMMIT)
 
 
 def post_many(port: int, count: int) -> None:
@@ -58,16 +62,21 @@ def post_many(port: int, count: int) -> None:
     send_many(port, request, count, b"201", "POST /write")
 
 
-def count_writes(app_env: dict[str, str], out: Path, requests: int) -> tuple[int, dict[str, Any]]:
-    """Instructions per POST of one server under callgrind, and how its txids were found (`/outcomes`)."""
+def count_writes(
+    app_env: dict[str, str], out: Path, requests: int, keep: Path | None = None
+) -> tuple[int, dict[str, Any]]:
+    """Instructions per POST of one server under callgrind, and how its txids were found (`/outcomes`);
+    the dump copied to `keep` if given (for `callgrind_annotate`)."""
     with app_server(APP, app_env, out, callgrind=True, ready=partial(post_many, count=1)) as (port, pid):
         post_many(port, max(50, requests // 4))  # warm-up: caches, lazy imports, the thread pool
         counted = counted_run(pid, Path(f"{out}.1"), partial(post_many, port, requests))
         outcomes = httpx.get(f"http://127.0.0.1:{port}/outcomes", timeout=60).json()
+        if keep is not None:
+            shutil.copy(f"{out}.1", keep)
         return round(counted / requests), outcomes
 
 
-async def measure(requests: int) -> dict[str, Any]:
+async def measure(requests: int, keep: Path | None = None) -> dict[str, Any]:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("the instruction count needs valgrind: apt-get install valgrind")
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -95,11 +104,15 @@ async def measure(requests: int) -> dict[str, Any]:
                     "FORWARDER_NODE_ID": "primary",
                     "FORWARDER_SECRET": "write-instructions-benchmark-secret",
                     "FORWARDER_LOG_LEVEL": "warning",
-                    **({} if setup == "forwarder" else {"BENCH_COMMIT": "none"}),
                 }
+                commit = COMMIT[setup]
+                if commit is not None:
+                    envs[setup]["BENCH_COMMIT"] = commit
             with ThreadPoolExecutor(len(SETUPS)) as pool:  # each count is the process's own: side by side
                 futures = {
-                    setup: asyncio.wrap_future(pool.submit(count_writes, env, tmp / f"callgrind-{i}.out", requests))
+                    setup: asyncio.wrap_future(
+                        pool.submit(count_writes, env, tmp / f"callgrind-{i}.out", requests, _kept(keep, setup))
+                    )
                     for i, (setup, env) in enumerate(envs.items())
                 }
                 answers = {setup: await future for setup, future in futures.items()}
@@ -115,11 +128,17 @@ async def measure(requests: int) -> dict[str, Any]:
         }
         for setup in SETUPS
     ]
-    return {"rows": rows, "requests": requests, "outcomes": answers["forwarder"][1]}
+    return {"rows": rows, "requests": requests, "outcomes": {setup: answers[setup][1] for setup in COMMIT}}
 
 
-def run(requests: int) -> dict[str, Any]:
-    return asyncio.run(measure(requests))
+def _kept(keep: Path | None, setup: str) -> Path | None:
+    return None if keep is None else keep / f"callgrind-{setup.replace(', ', '-').replace(' ', '-')}.out"
+
+
+def run(requests: int, keep: Path | None = None) -> dict[str, Any]:
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(measure(requests, keep))
 
 
 if __name__ == "__main__":
@@ -127,7 +146,9 @@ if __name__ == "__main__":
         description="a direct write's instructions on the primary, with and without forwarder"
     )
     parser.add_argument("--requests", type=int, default=200, help="POSTs counted per server")
+    parser.add_argument("--keep", type=Path, help="a directory to copy each setup's callgrind dump to")
     args = parser.parse_args()
-    result = run(args.requests)
+    result = run(args.requests, args.keep)
     report("write_instructions", result, result["rows"], COLUMNS)
-    print("forwarder's txids:", result["outcomes"])
+    for setup, outcomes in result["outcomes"].items():
+        print(f"{setup}'s txids:", outcomes)

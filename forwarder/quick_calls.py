@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["FileIdentity", "FixedRead", "QuickPoll", "exists", "file_id", "pread", "read_start"]
+__all__ = ["FileIdentity", "FixedRead", "QuickPoll", "access_call", "exists", "file_id", "pread", "read_start"]
 
 _STAT_HEAD = struct.Struct("QQ")  # st_dev, st_ino: the first two fields on both Linux ABIs here
 _STAT_SIZE = 256  # more than sizeof(struct stat) on either
@@ -63,6 +63,20 @@ def exists(path: str | bytes) -> bool:
     if _LIBC is None:
         return os.path.exists(path)
     return bool(_LIBC.access(path if isinstance(path, bytes) else os.fsencode(path), os.F_OK) == 0)
+
+
+def access_call() -> Callable[[bytes, int], int]:
+    """`access(path, mode)` as libc has it (0, or -1 when refused or missing): the libc function itself,
+    no Python frame of ours (the newest-LTX probe makes two per write on the primary), or an
+    `os.access` fallback that answers the same."""
+    if _LIBC is None:
+        return _os_access
+    function: Callable[[bytes, int], int] = _LIBC.access
+    return function
+
+
+def _os_access(path: bytes, mode: int) -> int:
+    return 0 if os.access(path, mode) else -1
 
 
 def file_id(path: str) -> tuple[int, int] | None:

@@ -13,7 +13,9 @@ benchmark's baselines); `BENCH_COMMIT=sync` makes a forwarder primary ask `POST 
 write, as before the covering check (`forwarder.engines.litestream_position`); `BENCH_COMMIT=exact`
 gives direct writes the txid a forwarded write gets (the covering check that waits out an active
 sync, as before `promise_position`); `BENCH_COMMIT=prompt` gives forwarded writes the prompt
-txid direct writes get (`newest + 2`); `BENCH_COMMIT=none` gives every write txid 1 without asking
+txid direct writes get (`newest + 2`); `BENCH_COMMIT=busy` gives direct writes the txid from local
+files, with the keeper idle as on a primary whose writes keep coming (`bench.write_instructions`
+under valgrind); `BENCH_COMMIT=none` gives every write txid 1 without asking
 Litestream (not correct: it shows what the txid costs).
 """
 
@@ -34,6 +36,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from forwarder import Database, Forwarder, ForwarderMiddleware, Txid, primary_only
 from forwarder.context import current_forwarder
+from forwarder.engines import litestream_keeper
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS writes (id INTEGER PRIMARY KEY, text TEXT NOT NULL)"
 
@@ -72,10 +75,14 @@ def create() -> ASGIApp:
         forwarder.engine.promise_position = no_txid  # type: ignore[method-assign]
     if forwarder is not None and os.environ.get("BENCH_COMMIT") == "exact":
         forwarder.engine.promise_position = forwarder.engine.commit_position  # type: ignore[method-assign]
-    if forwarder is not None and os.environ.get("BENCH_COMMIT") in ("status", "files"):
-        # status: ask sync-status once for every direct write; files: never (from local files only).
+    if forwarder is not None and os.environ.get("BENCH_COMMIT") in ("status", "files", "busy"):
+        # status: ask sync-status once for every direct write; files, busy: never (from local files only).
         gap = 0.0 if os.environ["BENCH_COMMIT"] == "status" else float("inf")
         forwarder.engine.quiet_gap = gap  # type: ignore[attr-defined]  # LitestreamEngine only
+    if forwarder is not None and os.environ.get("BENCH_COMMIT") == "busy":
+        # Under valgrind writes come over 10 ms apart, and the keeper would write after each: a second
+        # of quiet keeps it to what it does while writes keep coming (waits, and looks at nothing).
+        litestream_keeper.QUIET = 1.0
     if forwarder is not None and os.environ.get("BENCH_COMMIT") == "prompt":
         commit_position = forwarder.commit_position
 

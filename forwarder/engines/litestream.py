@@ -173,7 +173,8 @@ class LitestreamEngine(Engine):
 
         Else group commit: one sync runs, one is queued; a caller joins the queued one (the running one may predate it).
         """
-        self._require_primary("commit_position()")
+        if self._role is not Role.PRIMARY:
+            raise self._not_primary("commit_position()")
         answer = None if self.covering is None else await self.covering.txid(self._request)
         settled = self._settle(answer)
         return settled if settled is not None else await self._group_sync()
@@ -196,7 +197,8 @@ class LitestreamEngine(Engine):
         shared by every caller in that window (no wait for a running sync's file: nobody waits on
         this answer right now, and the case is rare).
         """
-        self._require_primary("promise_position()")
+        if self._role is not Role.PRIMARY:
+            raise self._not_primary("promise_position()")
         now = time.monotonic()
         quiet, self._last_promise = now - self._last_promise > self.quiet_gap, now
         covering = self.covering
@@ -217,14 +219,15 @@ class LitestreamEngine(Engine):
             if self.keeper.failed is not None:
                 return None
             self.keeper.promise(txid)
+        if txid == self._position:
+            return self._position  # under load, a run of writes shares one txid: nothing to check or publish
         return self._advance({"txid": txid})
 
-    def _require_primary(self, what: str) -> None:
-        if self._role is not Role.PRIMARY:
-            raise EngineError(
-                f"{what} is only available on the primary; this Litestream engine runs as a "
-                f"replica of {self.database} (its position comes from {self.txid_path.name})"
-            )
+    def _not_primary(self, what: str) -> EngineError:
+        return EngineError(
+            f"{what} is only available on the primary; this Litestream engine runs as a "
+            f"replica of {self.database} (its position comes from {self.txid_path.name})"
+        )
 
     async def read_position(self) -> Txid:
         """On the primary: Litestream's current txid (`GET /txid`), which may not cover the latest commit."""

@@ -15,7 +15,7 @@ Two local facts, read in this order after the commit, decide most answers:
 
 Both are read on the event loop, for every write, so with few system calls: the wal-index is kept
 open (`ShmFile`: a `stat`, then a `pread`), and the newest LTX is found by name from the last one
-seen (two `stat` calls) and its header read once per txid.
+seen (`NewestL0`: two `access` calls) and its header read once per txid.
 
 Otherwise the commit is in frames no LTX held when we looked, and there are two answers:
 
@@ -70,7 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from ..exceptions import EngineError
-from .litestream_files import LtxHead, ShmFile, WalEnd, latest_l0, read_head, wal_end
+from .litestream_files import LtxHead, NewestL0, ShmFile, WalEnd, read_head
 from .ltx_arrivals import LtxArrivals
 
 __all__ = ["ACTIVE_WAIT", "MAX_PENDING_WAL", "CoveringCheck"]
@@ -96,8 +96,7 @@ class CoveringCheck:
         self._sent = self._answered = 0  # status requests sent, and the latest one answered
         self._reply: dict[str, Any] = {}
         self._in_flight: asyncio.Future[None] | None = None
-        self._hint = 0  # the newest L0 txid seen: where the next look starts
-        self._head: LtxHead | None = None  # its header
+        self._newest = NewestL0(self.ltx_dir)  # from the newest seen: where the next look starts
         self._shm = ShmFile(database)
         self.outcomes: Counter[str] = Counter()  # how each call was answered (benchmarks, debugging)
         self._arrivals = LtxArrivals(self._newest_txid, self.ltx_dir)
@@ -127,7 +126,7 @@ class CoveringCheck:
             self.outcomes[_ACTIVE] += 1
             return None
         # An LTX file never changes once in place: the head of the newest, if that is it, is its head.
-        known = self._head
+        known = self._newest.head
         written = known if known is not None and known.txid == running else read_head(self.ltx_dir, running)
         if written is not None and written.salts == end.salts and written.end >= end.end:
             self.outcomes["the active sync's LTX"] += 1
@@ -193,7 +192,7 @@ class CoveringCheck:
         In that order because a commit finished before the call is then in the end read, and an LTX
         that a sync finishes in between only makes the head newer (safe for every use here).
         """
-        end = wal_end(self.database, self._shm)
+        end = self._shm.wal_end()
         return end, self._newest()
 
     async def aclose(self) -> None:
@@ -223,7 +222,8 @@ class CoveringCheck:
 
         None when the WAL end or the newest file cannot be trusted, or they are of different WALs.
         """
-        end, head = self.state()
+        end = self._shm.wal_end()  # `state()` written out: this runs after every write
+        head = self._newest()
         if end is None or head is None or head.salts != end.salts:
             return None
         return end, head
@@ -247,12 +247,6 @@ class CoveringCheck:
     def _newest_txid(self) -> int | None:
         head = self._newest()
         return None if head is None else head.txid
-
-    def _newest(self) -> LtxHead | None:
-        head = latest_l0(self.ltx_dir, self._hint, self._head)
-        if head is not None:
-            self._hint, self._head = head.txid, head
-        return head
 
     def after_status(self, end: WalEnd, status: dict[str, Any]) -> tuple[int | None, str]:
         """Step 3, given the reply of `GET /debug/sync-status?path=<database>`: the txid (or None), and why."""

@@ -9,9 +9,9 @@ from starlette.types import Scope
 from ..exceptions import InvalidTxid
 from ..policy import CookiePolicy
 from ..txid import Txid
-from .headers import NAME
+from .headers import NAME, TXID
 
-__all__ = ["clear_cookie", "read_cookie", "set_cookie", "txid_in", "txid_token"]
+__all__ = ["clear_cookie", "read_cookie", "set_cookie", "txid_headers", "txid_in", "txid_token"]
 
 
 def read_cookie(scope: Scope, policy: CookiePolicy) -> Txid | None:
@@ -79,6 +79,32 @@ _MAX_BUILT = 64
 def set_cookie(policy: CookiePolicy, scope: Scope, txid: Txid) -> str:
     """The `Set-Cookie` value recording a write's txid."""
     return f"{policy.name}={txid}; {_attributes(policy, scope, policy.max_age)}"
+
+
+RawHeader = tuple[bytes, bytes]
+
+
+def txid_headers(policy: CookiePolicy, scope: Scope, txid: Txid) -> tuple[RawHeader, RawHeader]:
+    """A write's `Forwarder-Txid` and `Set-Cookie` headers, raw.
+
+    The last pair made is kept and given again for the same txid and attributes: under load a run of
+    writes shares one txid (one sync per monitor interval), and formatting both cost each write more
+    than finding the txid's file did."""
+    attributes = _attributes(policy, scope, policy.max_age)
+    last = _last_pair
+    if last is not None and last[0] == txid and last[1] is attributes:  # the attributes string is the policy's own
+        return last[2]
+    pair = ((TXID, str(txid).encode()), (b"set-cookie", f"{policy.name}={txid}; {attributes}".encode("latin-1")))
+    _keep_pair((txid, attributes, pair))
+    return pair
+
+
+_last_pair: tuple[Txid, str, tuple[RawHeader, RawHeader]] | None = None
+
+
+def _keep_pair(made: tuple[Txid, str, tuple[RawHeader, RawHeader]]) -> None:
+    global _last_pair
+    _last_pair = made
 
 
 def clear_cookie(policy: CookiePolicy, scope: Scope) -> str:

@@ -12,7 +12,7 @@ from ..policy import CookiePolicy
 from ..runtime import Forwarder
 from ..txid import Txid
 from . import headers as h
-from .cookie import clear_cookie, read_cookie, set_cookie
+from .cookie import clear_cookie, read_cookie, txid_headers
 from .hops import header
 
 __all__ = ["serve_on_primary", "stamped"]
@@ -54,8 +54,7 @@ def serve_on_primary(
             logger.exception("could not read the commit position after a write")
             added.append((h.STALE, b"1"))
         else:
-            added.append((h.TXID, str(txid).encode()))
-            added.append((b"set-cookie", set_cookie(cookie_policy, scope, txid).encode("latin-1")))
+            added += txid_headers(cookie_policy, scope, txid)
         app_ms, commit_ms = (app_done - started) * 1000, (time.perf_counter() - app_done) * 1000
         added.append((b"server-timing", f"app;dur={app_ms:.3f}, commit;dur={commit_ms:.3f}".encode()))
         # A new list: the app may reuse its own (a Response's raw_headers).

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from forwarder.engines.base import Role
 from forwarder.middleware.classify import Kind, classify
-from forwarder.middleware.cookie import clear_cookie, read_cookie, set_cookie
+from forwarder.middleware.cookie import clear_cookie, read_cookie, set_cookie, txid_headers
 from forwarder.middleware.replay import came_through_fly_proxy, replay_headers, replayable_size
 from forwarder.policy import CookiePolicy, RoutingPolicy
 from forwarder.topology import Topology
@@ -83,6 +84,33 @@ def test_cookie_attributes() -> None:
         assert set_cookie(policy, https, Txid(2)).endswith("; Secure")
     ages = [CookiePolicy(max_age=age) for age in range(1, 200)]  # more than the cache keeps
     assert all(f"Max-Age={age}; " in set_cookie(p, plain, Txid(1)) for age, p in enumerate(ages, start=1))
+
+
+POLICIES = [
+    CookiePolicy(),
+    CookiePolicy(name="tx", secure=False),
+    CookiePolicy(max_age=9),
+    CookiePolicy(same_site="none"),
+]
+SCOPES = [http_scope(), http_scope(headers=[(b"x-forwarded-proto", b"https")]), http_scope(scheme="https")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(range(len(POLICIES))), st.sampled_from(range(len(SCOPES))), st.integers(0, 3)))
+)
+def test_txid_headers_are_the_txid_and_cookie_of_each_write_whatever_came_before(
+    writes: list[tuple[int, int, int]],
+) -> None:
+    # The last pair is kept for the next write: a run of the same txid, then any change of txid,
+    # policy or scheme, must each get their own headers.
+    for policy_index, scope_index, txid in writes:
+        policy, scope = POLICIES[policy_index], SCOPES[scope_index]
+        expected = (
+            (b"forwarder-txid", str(Txid(txid)).encode()),
+            (b"set-cookie", set_cookie(policy, scope, Txid(txid)).encode()),
+        )
+        assert txid_headers(policy, scope, Txid(txid)) == expected
 
 
 def test_replay_header_names_the_primary_instance_or_region() -> None:

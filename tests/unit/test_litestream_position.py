@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from forwarder.engines.litestream_files import ShmFile, WalEnd, latest_l0, wal_end
+from forwarder import quick_calls
+from forwarder.engines.litestream_files import NewestL0, ShmFile, WalEnd, latest_l0, wal_end
 from forwarder.engines.litestream_position import MAX_PENDING_WAL, CoveringCheck
 
 pytestmark = pytest.mark.anyio
@@ -94,6 +95,33 @@ def test_latest_l0_reads_the_newest_file_and_probes_forward_from_a_hint(tmp_path
     assert latest_l0(ltx) is None
     write_ltx(ltx, 8, b"saltsalt", 32, 10, magic=b"XXXX")
     assert latest_l0(ltx) is None
+
+
+@pytest.mark.parametrize("libc", [True, False], ids=["libc", "fallback"])
+def test_newest_l0_follows_the_directory_from_look_to_look(
+    tmp_path: Path, libc: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not libc:
+        monkeypatch.setattr(quick_calls, "_LIBC", None)
+    ltx = tmp_path / "ltx"
+    write_ltx(ltx, 3, b"saltsalt", 32, 300)
+    newest = NewestL0(ltx)
+    assert (h := newest()) is not None and h.txid == 3  # listed: no hint yet
+    assert newest() is h  # nothing new: the same header, not read again
+    write_ltx(ltx, 4, b"saltsalt", 32, 400)
+    write_ltx(ltx, 5, b"saltsalt", 32, 500)
+    assert (h := newest()) is not None and (h.txid, h.end) == (5, 532)  # probed past 4 to 5
+    write_ltx(ltx, 6, b"saltsalt", 32, 600)
+    assert (h := newest()) is not None and h.txid == 6  # the probe names follow the new hint
+    for txid in (3, 4, 5, 6):
+        (ltx / f"{txid:016x}-{txid:016x}.ltx").unlink()
+    write_ltx(ltx, 1, b"newsalts", 32, 100)  # the directory started over: the hint's file is gone
+    assert (h := newest()) is not None and (h.txid, h.salts) == (1, b"newsalts")
+    (ltx / f"{1:016x}-{1:016x}.ltx").write_bytes(b"garbage")
+    write_ltx(ltx, 2, b"newsalts", 0, 0)  # a snapshot, not a WAL range: not trusted, the hint stays
+    assert newest() is None and newest.hint == 1
+    write_ltx(ltx, 2, b"newsalts", 32, 200)
+    assert (h := newest()) is not None and h.txid == 2
 
 
 def status(active: bool) -> dict[str, Any]:

@@ -13,7 +13,8 @@ sequential keep-alive POSTs, and the dump's total divided by `requests` is the f
   At valgrind's pace writes come more than `QUIET_GAP` apart, so this is a quiet primary's write
   (one sync-status each); `/outcomes` says which answers its txids were;
 - `forwarder, busy`: the same as a primary whose writes keep coming answers them: the txid from
-  local files (`newest + 2`, or the newest), the keeper idle (`BENCH_COMMIT=busy`);
+  local files (`newest + 2`, or the newest), the keeper idle (`BENCH_COMMIT=busy`), and Litestream
+  syncing at valgrind's pace (`VALGRIND_PACE`), so that writes share an LTX as under load;
 - `forwarder, no txid`: the same answering txid 1 (not correct: what the rest of the middleware costs).
 
 Litestream runs beside each replicated one at full speed, uncounted: only the app's process is.
@@ -29,6 +30,7 @@ import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ import httpx
 from bench.read_instructions import app_server, counted_run, send_many
 from bench.stats import report
 from forwarder.dev.replication import Replicator
+from forwarder.engines.litestream_config import FILE_INTERVALS
 
 COLUMNS = [
     "setup",
@@ -50,6 +53,10 @@ APP = "bench.apps.write_app:app"
 COMMIT = {"forwarder": None, "forwarder, busy": "busy", "forwarder, no txid": "none"}
 """`BENCH_COMMIT` of each forwarder setup (`bench/apps/write_app.py`); None: as it runs by default."""
 SETUPS = ("bare", "litestream", *COMMIT)
+VALGRIND_PACE = replace(FILE_INTERVALS, monitor=0.3, sync=0.3)
+"""The busy primary's Litestream syncs 30 times less often: under valgrind the app runs about 30 times
+slower, and at the dev cluster's 10 ms Litestream would make an LTX of every write, whose header
+the next write reads; a loaded primary (3,000 writes/s) shares one LTX among about 30 writes."""
 
 
 def post_many(port: int, count: int) -> None:
@@ -69,8 +76,14 @@ def count_writes(
     the dump copied to `keep` if given (for `callgrind_annotate`)."""
     with app_server(APP, app_env, out, callgrind=True, ready=partial(post_many, count=1)) as (port, pid):
         post_many(port, max(50, requests // 4))  # warm-up: caches, lazy imports, the thread pool
+        before = httpx.get(f"http://127.0.0.1:{port}/outcomes", timeout=60).json()
         counted = counted_run(pid, Path(f"{out}.1"), partial(post_many, port, requests))
-        outcomes = httpx.get(f"http://127.0.0.1:{port}/outcomes", timeout=60).json()
+        after = httpx.get(f"http://127.0.0.1:{port}/outcomes", timeout=60).json()
+        outcomes = {
+            "outcomes": {k: n - before["outcomes"].get(k, 0) for k, n in after["outcomes"].items()},
+            "keeper writes": after["keeper writes"] - before["keeper writes"],
+            "writes per txid": round(requests / max(1, after["txid"] - before["txid"]), 1),
+        }
         if keep is not None:
             shutil.copy(f"{out}.1", keep)
         return round(counted / requests), outcomes
@@ -90,7 +103,13 @@ async def measure(requests: int, keep: Path | None = None) -> dict[str, Any]:
                 if setup == "bare":
                     envs[setup] = {"BENCH_BARE": "1", "BENCH_DATABASE": str(database)}
                     continue
-                replicator = Replicator(database, base / "store", base / "ls.sock", log_path=base / "replicate.log")
+                replicator = Replicator(
+                    database,
+                    base / "store",
+                    base / "ls.sock",
+                    log_path=base / "replicate.log",
+                    intervals=VALGRIND_PACE if setup == "forwarder, busy" else None,
+                )
                 await replicator.start()
                 stack.push_async_callback(replicator.stop)
                 if setup == "litestream":

@@ -5,7 +5,7 @@ Kept minimal so the figures are forwarder's and the engine's, not an app's. Conf
 
 - `POST /write` with a text body inserts a row; on a replica the middleware forwards it.
 - `GET /write/<id>` reads the row back (404 if this node's copy does not hold it).
-- `GET /outcomes` on a forwarder primary: how its covering check answered, and the keeper's writes.
+- `GET /outcomes` on a forwarder primary: how its covering check answered, the keeper's writes, and its txid.
 - `/rpc` (websocket): each text message is stored through `@primary_only` and answered with its id.
 
 `BENCH_BARE=1` serves the same handlers without forwarder, on `BENCH_DATABASE` (the primary-cost
@@ -115,6 +115,7 @@ def create() -> ASGIApp:
             {
                 "outcomes": dict(covering.outcomes) if covering is not None else {},
                 "keeper writes": keeper.bumps if keeper is not None else 0,
+                "txid": int(forwarder.tracker.position) if forwarder is not None else 0,
             }
         )
 

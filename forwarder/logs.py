@@ -6,7 +6,7 @@ import logging
 import sys
 from typing import Literal
 
-__all__ = ["LogLevel", "install_default_handler"]
+__all__ = ["LogLevel", "PerRequestLine", "install_default_handler"]
 
 LogLevel = Literal["debug", "info", "warning", "error", "off"]
 
@@ -48,3 +48,28 @@ def install_default_handler(level: LogLevel) -> None:
         handler = _FallbackHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
         logger.addHandler(handler)
+
+
+class PerRequestLine:
+    """`logger.info(msg, *args)` for a line logged once per request from one place, at a fraction of the cost.
+
+    `Logger.info` looks for its caller on every record: the frame's line number, which CPython
+    works out by scanning the function's line table, cost a forwarded write about 18,000
+    instructions of the 105,000 its log line did (callgrind, a replica's process). The call site
+    never changes, so it is found on the first record and kept; the record is otherwise the one
+    `Logger.info` makes (same file, line, function, level, and the logger's own filters and handlers).
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self._caller: tuple[str, int, str, str | None] | None = None
+
+    def __call__(self, msg: str, *args: object) -> None:
+        logger = self.logger
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        caller = self._caller
+        if caller is None:
+            caller = self._caller = logger.findCaller(False, 2)  # the frame that called this one
+        path, line, function, _ = caller
+        logger.handle(logger.makeRecord(logger.name, logging.INFO, path, line, msg, args, None, function))

@@ -14,6 +14,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from .._errors import talking_to_primary
 from ..exceptions import ConfigurationError, InvalidTxid, OutcomeUnknown, PrimaryUnavailable, ReplicationTimeout
+from ..logs import PerRequestLine
 from ..logsafe import clean
 from ..node_headers import CLIENT_HEADERS, PREFIX, end_to_end, sign_node_headers, with_forwarded_for
 from ..runtime import Forwarder
@@ -25,6 +26,7 @@ from .target import upstream_url
 __all__ = ["ClientDisconnected", "forward_http", "unavailable"]
 
 logger = logging.getLogger("forwarder.middleware")
+_forwarded_line = PerRequestLine(logger)
 
 
 # This node's server adds its own Date and Server; passing the primary's would duplicate them.
@@ -211,7 +213,7 @@ async def _answer(
         async for chunk in upstream.body:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
-    logger.info(
+    _forwarded_line(
         "forwarded %s %s to primary %s: %d, txid %s, waited %.1f ms, total %.1f ms (%s)",
         clean(method),
         clean(scope["path"]),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
 import pytest
+
+from forwarder.logs import PerRequestLine
 
 SCRIPT = """
 import asyncio, logging
@@ -61,3 +64,39 @@ def test_the_level_quiets_forwarder_under_the_apps_logging_too(level: str) -> No
 def test_a_level_the_app_set_on_the_forwarder_logger_wins() -> None:
     err = run("warning", BASIC + '\nlogging.getLogger("forwarder").setLevel(logging.INFO)')
     assert err.count("forwarded POST /x to primary") == 1
+
+
+def _both(line: PerRequestLine, logger: logging.Logger, n: int) -> None:
+    line("forwarded %s number %d", "POST /x", n)
+    logger.info("forwarded %s number %d", "POST /x", n)
+
+
+def test_a_per_request_line_is_the_record_logger_info_makes(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("forwarder.test_per_request_line")
+    line = PerRequestLine(logger)
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        for n in range(3):  # the first finds the caller, the others reuse it
+            _both(line, logger, n)
+    records = caplog.records
+    assert len(records) == 6
+    for ours, theirs in zip(records[::2], records[1::2], strict=True):
+        assert ours.getMessage() == theirs.getMessage()
+        assert (ours.pathname, ours.funcName, ours.levelno, ours.name) == (
+            theirs.pathname,
+            theirs.funcName,
+            theirs.levelno,
+            theirs.name,
+        )
+        assert ours.lineno == theirs.lineno - 1  # the line just above logger.info's
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        line("not %s", "shown")
+    assert caplog.records == []
+    logger.addFilter(lambda record: "keep" in record.getMessage())
+    try:
+        with caplog.at_level(logging.INFO, logger=logger.name):
+            line("dropped by the logger's filter")
+            line("keep this one")
+    finally:
+        logger.filters.clear()
+    assert [r.getMessage() for r in caplog.records] == ["keep this one"]

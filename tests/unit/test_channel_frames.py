@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from forwarder.channel.frames import (
     Kind,
@@ -88,3 +91,35 @@ def test_a_request_head_http_would_refuse_is_refused(head: bytes) -> None:
     payload = len(head).to_bytes(4, "big") + head
     with pytest.raises(ChannelProtocolError):
         decode_request(payload)
+
+
+def _headers_one_by_one(value: list[list[str]]) -> list[tuple[bytes, bytes]]:
+    """The request-header rule (RFC 9110 tokens; no CR, LF or NUL in a value), written out header by header."""
+    name_rule, value_rule = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"), re.compile(r"[^\r\n\x00]*")
+    out = []
+    for name, text in value:
+        if name_rule.fullmatch(name) is None or value_rule.fullmatch(text) is None:
+            raise ChannelProtocolError("refused")
+        out.append((name.encode("latin-1"), text.encode("latin-1")))
+    return out
+
+
+# Few characters each, so that a name with a space or a colon between token characters, a value with
+# a CR, LF or NUL, and text outside latin-1 all come up often.
+HEADER_NAME = st.text(st.sampled_from("aZ9-~  :\xe9\u0100"), max_size=4)
+HEADER_VALUE = st.text(st.sampled_from("a \t\r\n\x00\xe9\u0100"), max_size=3)
+
+
+@settings(max_examples=600)
+@given(st.lists(st.tuples(HEADER_NAME, HEADER_VALUE).map(list), max_size=5))
+def test_request_headers_are_refused_exactly_when_one_of_them_breaks_the_http_rules(value: list[list[str]]) -> None:
+    head = json.dumps({"m": "POST", "t": "/x", "h": value}).encode()
+    try:
+        expected: list[tuple[bytes, bytes]] | None = _headers_one_by_one(value)
+    except (ChannelProtocolError, UnicodeEncodeError):
+        expected = None
+    if expected is None:
+        with pytest.raises(ChannelProtocolError):
+            decode_request(len(head).to_bytes(4, "big") + head)
+    else:
+        assert decode_request(len(head).to_bytes(4, "big") + head)[0].headers == expected

@@ -2,7 +2,8 @@
 
 The primary-cost benchmark (`bench.primary_cost`) measures throughput, which a shared 2-core machine
 moves from run to run; the instructions a write runs do not move. Five servers of
-`bench/apps/write_app.py` on the nodes' stack (uvicorn, httptools, uvloop) run under
+`bench/apps/write_app.py` (or, with `--app sqlmodel`, of SQLModel's tutorial app,
+`bench/apps/sqlmodel_app.py`: what a user's write costs) on the nodes' stack (uvicorn, httptools, uvloop) run under
 `valgrind --tool=callgrind` with counting off; after a warm-up, counting is on for exactly `requests`
 sequential keep-alive POSTs, and the dump's total divided by `requests` is the figure:
 
@@ -14,12 +15,12 @@ sequential keep-alive POSTs, and the dump's total divided by `requests` is the f
   (one sync-status each); `/outcomes` says which answers its txids were;
 - `forwarder, busy`: the same as a primary whose writes keep coming answers them: the txid from
   local files (`newest + 2`, or the newest), the keeper idle (`BENCH_COMMIT=busy`), and Litestream
-  syncing at valgrind's pace (`VALGRIND_PACE`), so that writes share an LTX as under load;
+  syncing at valgrind's pace (`valgrind_pace`), so that writes share an LTX as under load;
 - `forwarder, no txid`: the same answering txid 1 (not correct: what the rest of the middleware costs).
 
 Litestream runs beside each replicated one at full speed, uncounted: only the app's process is.
 
-    .venv/bin/python -m bench.write_instructions [--requests 200]
+    .venv/bin/python -m bench.write_instructions [--requests 200] [--app sqlmodel] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -28,19 +29,19 @@ import argparse
 import asyncio
 import shutil
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
 from bench.read_instructions import app_server, counted_run, send_many
 from bench.stats import report
 from forwarder.dev.replication import Replicator
-from forwarder.engines.litestream_config import FILE_INTERVALS
+from forwarder.engines.litestream_config import FILE_INTERVALS, Intervals
 
 COLUMNS = [
     "setup",
@@ -49,14 +50,25 @@ COLUMNS = [
     "ratio (litestream / setup)",
     "requests",
 ]
-APP = "bench.apps.write_app:app"
 COMMIT = {"forwarder": None, "forwarder, busy": "busy", "forwarder, no txid": "none"}
 """`BENCH_COMMIT` of each forwarder setup (`bench/apps/write_app.py`); None: as it runs by default."""
 SETUPS = ("bare", "litestream", *COMMIT)
-VALGRIND_PACE = replace(FILE_INTERVALS, monitor=0.3, sync=0.3)
-"""The busy primary's Litestream syncs 30 times less often: under valgrind the app runs about 30 times
-slower, and at the dev cluster's 10 ms Litestream would make an LTX of every write, whose header
-the next write reads; a loaded primary (3,000 writes/s) shares one LTX among about 30 writes."""
+
+
+def valgrind_pace(slowdown: float) -> Intervals:
+    """The dev cluster's file-store intervals `slowdown` times longer: the busy primary's Litestream at
+    the pace of an app that valgrind slows that much. At 10 ms Litestream would make an LTX of every
+    write there, whose header the next write reads; at full speed writes share one (about 30 of the
+    minimal app's at 3,000 writes/s)."""
+    base = FILE_INTERVALS
+    return Intervals(
+        monitor=base.monitor * slowdown,
+        sync=base.sync * slowdown,
+        follow=base.follow * slowdown,
+        l0_retention=base.l0_retention * slowdown,
+        compaction=base.compaction * slowdown,
+        snapshot=base.snapshot * slowdown,
+    )
 
 
 def post_many(port: int, count: int) -> None:
@@ -69,15 +81,50 @@ def post_many(port: int, count: int) -> None:
     send_many(port, request, count, b"201", "POST /write")
 
 
+def post_books(port: int, count: int) -> None:
+    """`count` POSTs of one book to the SQLModel app's `/books/`, as JSON, each answered 200 (FastAPI's default)."""
+    body = b'{"title": "A book of the write benchmark", "author": "bench"}'
+    request = (
+        b"POST /books/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    send_many(port, request, count, b"200", "POST /books/")
+
+
+class WriteApp(NamedTuple):
+    """A bench app that writes: its ASGI path, the environment of its bare and of its forwarder setups,
+    its POSTs, and how much slower than at full speed its writes come under valgrind (`valgrind_pace`)."""
+
+    path: str
+    bare: dict[str, str]
+    wrapped: dict[str, str]
+    post: Callable[[int, int], None]
+    slowdown: float
+
+
+APPS = {
+    "write": WriteApp("bench.apps.write_app:app", {"BENCH_BARE": "1"}, {}, post_many, 30),
+    "sqlmodel": WriteApp(
+        "bench.apps.sqlmodel_app:app",
+        {"BENCH_WRAPPED": "0"},
+        {"BENCH_WRAPPED": "1", "BENCH_ROLE": "primary"},
+        post_books,
+        150,
+    ),
+}
+"""`write`: the minimal app of the primary-cost target; `sqlmodel`: SQLModel's tutorial app (FastAPI,
+a session per request), what a user's write looks like."""
+
+
 def count_writes(
-    app_env: dict[str, str], out: Path, requests: int, keep: Path | None = None
+    app: WriteApp, app_env: dict[str, str], out: Path, requests: int, keep: Path | None = None
 ) -> tuple[int, dict[str, Any]]:
     """Instructions per POST of one server under callgrind, and how its txids were found (`/outcomes`);
     the dump copied to `keep` if given (for `callgrind_annotate`)."""
-    with app_server(APP, app_env, out, callgrind=True, ready=partial(post_many, count=1)) as (port, pid):
-        post_many(port, max(50, requests // 4))  # warm-up: caches, lazy imports, the thread pool
+    with app_server(app.path, app_env, out, callgrind=True, ready=lambda port: app.post(port, 1)) as (port, pid):
+        app.post(port, max(50, requests // 4))  # warm-up: caches, lazy imports, the thread pool
         before = httpx.get(f"http://127.0.0.1:{port}/outcomes", timeout=60).json()
-        counted = counted_run(pid, Path(f"{out}.1"), partial(post_many, port, requests))
+        counted = counted_run(pid, Path(f"{out}.1"), partial(app.post, port, requests))
         after = httpx.get(f"http://127.0.0.1:{port}/outcomes", timeout=60).json()
         outcomes = {
             "outcomes": {k: n - before["outcomes"].get(k, 0) for k, n in after["outcomes"].items()},
@@ -89,7 +136,7 @@ def count_writes(
         return round(counted / requests), outcomes
 
 
-async def measure(requests: int, keep: Path | None = None) -> dict[str, Any]:
+async def measure(requests: int, keep: Path | None = None, app: WriteApp = APPS["write"]) -> dict[str, Any]:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("the instruction count needs valgrind: apt-get install valgrind")
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -101,21 +148,23 @@ async def measure(requests: int, keep: Path | None = None) -> dict[str, Any]:
                 base.mkdir()
                 database = base / "app.db"
                 if setup == "bare":
-                    envs[setup] = {"BENCH_BARE": "1", "BENCH_DATABASE": str(database)}
+                    envs[setup] = {**app.bare, "BENCH_DATABASE": str(database)}
                     continue
                 replicator = Replicator(
                     database,
                     base / "store",
                     base / "ls.sock",
                     log_path=base / "replicate.log",
-                    intervals=VALGRIND_PACE if setup == "forwarder, busy" else None,
+                    intervals=valgrind_pace(app.slowdown) if setup == "forwarder, busy" else None,
                 )
                 await replicator.start()
                 stack.push_async_callback(replicator.stop)
                 if setup == "litestream":
-                    envs[setup] = {"BENCH_BARE": "1", "BENCH_DATABASE": str(database)}
+                    envs[setup] = {**app.bare, "BENCH_DATABASE": str(database)}
                     continue
                 envs[setup] = {
+                    **app.wrapped,
+                    "BENCH_DATABASE": str(database),
                     "FORWARDER_ROLE": "primary",
                     "FORWARDER_ENGINE": "litestream",
                     "FORWARDER_DATABASE": str(database),
@@ -130,7 +179,7 @@ async def measure(requests: int, keep: Path | None = None) -> dict[str, Any]:
             with ThreadPoolExecutor(len(SETUPS)) as pool:  # each count is the process's own: side by side
                 futures = {
                     setup: asyncio.wrap_future(
-                        pool.submit(count_writes, env, tmp / f"callgrind-{i}.out", requests, _kept(keep, setup))
+                        pool.submit(count_writes, app, env, tmp / f"callgrind-{i}.out", requests, _kept(keep, setup))
                     )
                     for i, (setup, env) in enumerate(envs.items())
                 }
@@ -154,10 +203,10 @@ def _kept(keep: Path | None, setup: str) -> Path | None:
     return None if keep is None else keep / f"callgrind-{setup.replace(', ', '-').replace(' ', '-')}.out"
 
 
-def run(requests: int, keep: Path | None = None) -> dict[str, Any]:
+def run(requests: int, keep: Path | None = None, app: str = "write") -> dict[str, Any]:
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(measure(requests, keep))
+    return asyncio.run(measure(requests, keep, APPS[app]))
 
 
 if __name__ == "__main__":
@@ -166,8 +215,14 @@ if __name__ == "__main__":
     )
     parser.add_argument("--requests", type=int, default=200, help="POSTs counted per server")
     parser.add_argument("--keep", type=Path, help="a directory to copy each setup's callgrind dump to")
+    parser.add_argument("--app", choices=sorted(APPS), default="write", help="which app writes (see APPS)")
     args = parser.parse_args()
-    result = run(args.requests, args.keep)
-    report("write_instructions", result, result["rows"], COLUMNS)
+    result = run(args.requests, args.keep, args.app)
+    report(
+        "write_instructions" if args.app == "write" else f"write_instructions_{args.app}",
+        result,
+        result["rows"],
+        COLUMNS,
+    )
     for setup, outcomes in result["outcomes"].items():
         print(f"{setup}'s txids:", outcomes)

@@ -71,24 +71,22 @@ def valgrind_pace(slowdown: float) -> Intervals:
     )
 
 
+def post_request(target: bytes, content_type: bytes, body: bytes) -> bytes:
+    """One keep-alive `POST target` with `body`, as bytes on the wire."""
+    head = b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
+    return head % (target, content_type, len(body)) + body
+
+
 def post_many(port: int, count: int) -> None:
     """`count` POSTs of one row to `/write`, one after another on one keep-alive connection, each answered 201."""
-    body = b"a row of the write benchmark"
-    request = (
-        b"POST /write HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
-        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-    )
+    request = post_request(b"/write", b"text/plain", b"a row of the write benchmark")
     send_many(port, request, count, b"201", "POST /write")
 
 
 def post_books(port: int, count: int) -> None:
     """`count` POSTs of one book to the SQLModel app's `/books/`, as JSON, each answered 200 (FastAPI's default)."""
-    body = b'{"title": "A book of the write benchmark", "author": "bench"}'
-    request = (
-        b"POST /books/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-    )
-    send_many(port, request, count, b"200", "POST /books/")
+    book = b'{"title": "A book of the write benchmark", "author": "bench"}'
+    send_many(port, post_request(b"/books/", b"application/json", book), count, b"200", "POST /books/")
 
 
 class WriteApp(NamedTuple):

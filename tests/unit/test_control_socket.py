@@ -199,27 +199,22 @@ async def test_a_post_carries_its_json_body(tmp_path: Path) -> None:
 
 
 def _reference_head(raw: bytes) -> tuple[int, int | None, bool, bool]:
-    """The reply-head rule, line by line: status code, Content-Length, chunked, keep-alive."""
-    lines = raw.decode("latin-1").split("\r\n")
-    version, _, rest = lines[0].partition(" ")
-    code = rest.partition(" ")[0]
+    """The reply-head rule, field by field: status code, Content-Length (the last; the first bad one
+    refused), chunked (the last Transfer-Encoding), keep-alive (each Connection in turn)."""
+    status, *lines = raw.decode("latin-1").split("\r\n")
+    version, code = [*status.split(" "), "", ""][:2]
     if not version.startswith("HTTP/1.") or not code.isdigit():
-        raise ControlSocketError(f"not an HTTP/1.x status line: {lines[0][:100]!r}")
-    length: int | None = None
-    chunked = False
+        raise ControlSocketError(f"not an HTTP/1.x status line: {status[:100]!r}")
+    fields = [(name.strip().lower(), value.strip().lower()) for name, _, value in (x.partition(":") for x in lines)]
+    lengths = [value for name, value in fields if name == "content-length"]
+    bad = next((v for v in lengths if not v.isdigit() or int(v) > 4 * 1024 * 1024), None)
+    if bad is not None:
+        raise ControlSocketError(f"bad Content-Length {bad[:40]!r}")
+    codings = [value for name, value in fields if name == "transfer-encoding"]
     keep = version == "HTTP/1.1"
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        name, value = name.strip().lower(), value.strip().lower()
-        if name == "content-length":
-            if not value.isdigit() or int(value) > 4 * 1024 * 1024:
-                raise ControlSocketError(f"bad Content-Length {value[:40]!r}")
-            length = int(value)
-        elif name == "transfer-encoding":
-            chunked = "chunked" in value
-        elif name == "connection":
-            keep = "close" not in value and (keep or "keep-alive" in value)
-    return int(code), length, chunked, keep
+    for value in (value for name, value in fields if name == "connection"):
+        keep = "close" not in value and (keep or "keep-alive" in value)
+    return int(code), int(lengths[-1]) if lengths else None, bool(codings) and "chunked" in codings[-1], keep
 
 
 _STATUS_LINES = st.sampled_from(

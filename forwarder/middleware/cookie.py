@@ -78,7 +78,11 @@ _MAX_BUILT = 64
 
 def set_cookie(policy: CookiePolicy, scope: Scope, txid: Txid) -> str:
     """The `Set-Cookie` value recording a write's txid."""
-    return f"{policy.name}={txid}; {_attributes(policy, scope, policy.max_age)}"
+    return _value(policy, txid, _attributes(policy, scope, policy.max_age))
+
+
+def _value(policy: CookiePolicy, txid: Txid, attributes: str) -> str:
+    return f"{policy.name}={txid}; {attributes}"
 
 
 RawHeader = tuple[bytes, bytes]
@@ -94,7 +98,7 @@ def txid_headers(policy: CookiePolicy, scope: Scope, txid: Txid) -> tuple[RawHea
     last = _last_pair
     if last is not None and last[0] == txid and last[1] is attributes:  # the attributes string is the policy's own
         return last[2]
-    pair = ((TXID, str(txid).encode()), (b"set-cookie", f"{policy.name}={txid}; {attributes}".encode("latin-1")))
+    pair = ((TXID, str(txid).encode()), (b"set-cookie", _value(policy, txid, attributes).encode("latin-1")))
     _keep_pair((txid, attributes, pair))
     return pair
 

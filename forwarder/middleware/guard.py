@@ -109,7 +109,9 @@ class Glance:
             self.cookies.append(headers[names.index(b"cookie")][1])
         elif cookies:
             self.cookies.extend(value for name, value in headers if name == b"cookie")
-        if PREFIX in joined:  # the names starting with it, if any, are among those containing it
+        # The names starting with it, if any, are among those containing it. `find`, not `in`: bytes'
+        # `in` first tries its operand as an int and formats the TypeError (half its cost here).
+        if joined.find(PREFIX) >= 0:
             for name, value in headers:
                 if name.startswith(PREFIX):
                     self._node_header(name, value)

@@ -146,7 +146,8 @@ def render(results: dict[str, Any]) -> str:
             "",
             table(results["forwarded_write"]["rows"], ["measure", *LATENCY]),
             "",
-            f"Overhead beyond (direct write on the primary + replication wait), paired per round, p50: "
+            f"Overhead beyond (direct write on the primary + replication wait: the primary's wait for the LTX and "
+            f"the replica's), paired per round, p50: "
             f"{overhead['paired_p50_ms']} ms; one extra hop through a bare uvicorn + httpx proxy, same pairing: "
             f"{overhead['paired_bare_hop_p50_ms']} ms.",
             "",

@@ -55,11 +55,11 @@ def write_chart(forwarded: dict[str, Any], path: Path) -> None:
         "forwarded by a replica": [
             p50["direct: handler"],
             p50["direct: commit_position"],
-            p50["proxy: replication wait"],
-            p50["proxy: hop (total - handler - commit - replication)"],
+            p50["proxy: replication wait (both waits - direct commit_position)"],
+            p50["proxy: hop (total - handler - commit - replica's wait)"],
         ],
     }
-    parts = ["handler", "commit_position (Litestream /sync)", "replication wait", "HTTP (client, hops)"]
+    parts = ["handler", "commit_position (the txid)", "replication wait", "HTTP (client, hops)"]
     fig, ax = plt.subplots(figsize=(10, 2.8), dpi=110)
     names = list(bars)
     left = [0.0] * len(names)

@@ -3,8 +3,9 @@
 Three local clusters of the write app run side by side: one as `forwarder dev` starts it now
 (`--loop uvloop --http httptools`), the others with `UVICORN_LOOP` / `UVICORN_HTTP` set. Round by
 round, alternating which goes first: a block of writes one at a time on each (direct on the
-primary, then proxied through a replica, decomposed from `Server-Timing`), then a `wrk` run of
-forwarded writes at 32 connections from the replica.
+primary, then proxied through a replica, decomposed from `Server-Timing`: its replication wait is
+the primary's `commit_position`, which waits for the LTX, and the replica's wait), then a `wrk` run
+of forwarded writes at 32 connections from the replica.
 
     .venv/bin/python -m bench.server_stack [--rounds 3 --writes 40 --seconds 2]
 """
@@ -56,7 +57,7 @@ async def writes(client: httpx.AsyncClient, cluster: Cluster, count: int, out: d
             if kind == "proxied":
                 t = timings(response)
                 out["hop"].append(total - t["app"] - t["commit"] - t["replication"])
-                out["wait"].append(t["replication"])
+                out["wait"].append(t["commit"] + t["replication"])
 
 
 async def measure(rounds: int, count: int, seconds: float) -> dict[str, Any]:

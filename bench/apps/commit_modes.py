@@ -59,5 +59,6 @@ def outcomes(forwarder: Forwarder | None) -> dict[str, Any]:
     return {
         "outcomes": dict(covering.outcomes) if covering is not None else {},
         "keeper writes": keeper.bumps if keeper is not None else 0,
+        "status requests": covering.status_requests if covering is not None else 0,
         "txid": int(forwarder.tracker.position) if forwarder is not None else 0,
     }

@@ -169,13 +169,14 @@ class LitestreamEngine(Engine):
     # -- primary ------------------------------------------------------------------------------
 
     async def commit_position(self) -> Txid:
-        """A txid covering every commit finished before this call (primary only), from local files if they can tell.
+        """A txid covering every commit finished before this call that exists (primary only): the first L0 file
+        that holds the commit, waited for (`CoveringCheck.txid`), when the local files can tell.
 
         Else group commit: one sync runs, one is queued; a caller joins the queued one (the running one may predate it).
         """
         if self._role is not Role.PRIMARY:
             raise self._not_primary("commit_position()")
-        answer = None if self.covering is None else await self.covering.txid(self._request)
+        answer = None if self.covering is None else await self.covering.txid()
         settled = self._settle(answer)
         return settled if settled is not None else await self._group_sync()
 

@@ -3,7 +3,7 @@
 `POST /sync` (what `LitestreamEngine` asked after every write) makes Litestream turn the WAL into
 an LTX file right now: 3-8 ms, most of a direct write's latency. Litestream's own monitor does the
 same every `monitor-interval` (10 ms in the dev cluster) anyway, so the primary can instead work
-out which txid *will* hold its commit and answer at once; the replica's wait covers the rest.
+out which txid *will* hold its commit and answer at once, or wait for that sync's file.
 
 Two local facts, read in this order after the commit, decide most answers:
 
@@ -29,19 +29,18 @@ Otherwise the commit is in frames no LTX held when we looked, and there are two 
   exists if N + 1 did not hold the commit (the frames are still pending, the next sync takes them);
   if N + 1 did and nothing is written after, Litestream has nothing more to sync, and the keeper
   (`litestream_keeper`) writes one row so that it does.
-- **exact** (`txid()`, for writes a replica waits on right now: proxied writes, RPC):
-  `GET /debug/sync-status` on the control socket. When no sync is active at that moment, the
-  next sync to finish starts after it, so after our commit, and reads the WAL to its end: txid
-  `N + 1` holds the commit, and it will exist because the WAL holds frames no LTX holds yet
-  (step 2 is read again: a sync that finished between the two reads started after our commit).
-  While a sync is active, that sync (`N + 1`) may have read the WAL before our commit: its file
-  says. The check waits for it (`ltx_arrivals`: one inotify watch on `ltx/0` for every waiter,
-  for up to `ACTIVE_WAIT`), then answers `N + 1` if its header reaches our end, else `N + 2` (a
-  promise, as above, kept by the keeper). So the replica gets the first txid that holds the write, one
-  sync sooner than `N + 2` when N + 1 holds it, at the price of waiting out the active sync
-  (3-8 ms idle, over 20 ms loaded). It used to ask sync-status again every 0.5 ms instead, which
-  on uvloop is no wait at all: the event loop spun, and Litestream answered status requests back
-  to back, for as long as the sync ran.
+- **exact** (`txid()`, for writes a replica waits on right now: proxied writes, RPC): the first
+  L0 file that holds the commit, waited for. Our frames are in the WAL and in no LTX, so
+  Litestream's monitor syncs them within an interval; each file as it lands (`ltx_arrivals`: one
+  inotify watch on `ltx/0` for every waiter) says by its header whether it reaches our end. The
+  first that does (`N + 1`, or `N + 2` when the sync that made `N + 1` read the WAL before our
+  commit) is the answer, and it exists. Up to `LTX_WAIT`, then `POST /sync`.
+
+  The primary's answer comes later than the sync-status this used to ask (`N + 1` at once when no
+  sync was active), but the replica cannot hold the write before that file exists anyway: it waits
+  less by as much. What goes is a control-socket request for every one or two forwarded writes
+  under load, which cost Litestream and the primary's app more CPU than anything else a
+  forwarded write added there (README, Performance: the forwarded-write figures).
 
 `promise_after_status()`, what a quiet primary uses for its prompt answer, asks sync-status once
 without waiting: `N + 1` if no sync is active, else `N + 2`; so a read with the cookie soon after a
@@ -53,7 +52,7 @@ primary, it cut direct-write throughput to that of `POST /sync` per write (83/24
 250/422/578 writes/s at 1/8/32 connections, `bench/primary_cost.py`-style A/B, load average 10),
 because back-to-back syncs keep a sync active, and callers then wait it out.
 
-Anything unexpected (WAL restarted, salts differ, a sync staying active, an unknown header, more
+Anything unexpected (WAL restarted, salts differ, no file within `LTX_WAIT`, an unknown header, more
 than `MAX_PENDING_WAL` bytes not yet synced, which a size-limited sync might split) answers None,
 and the caller falls back to `POST /sync`. Litestream source checked: v0.5.16 `db.go` (`sync`:
 the WAL read in `pageMap`, then the `.tmp` file renamed; every sync and checkpoint runs between
@@ -73,16 +72,18 @@ from ..exceptions import EngineError
 from .litestream_files import LtxHead, NewestL0, ShmFile, WalEnd, read_head
 from .ltx_arrivals import LtxArrivals
 
-__all__ = ["ACTIVE_WAIT", "MAX_PENDING_WAL", "CoveringCheck"]
+__all__ = ["LTX_WAIT", "MAX_PENDING_WAL", "CoveringCheck"]
 
 MAX_PENDING_WAL = 1 << 20
 """Bytes of WAL not yet in an LTX above which "the next txid holds it" is not claimed (Litestream
 0.5 caps one sync at 64 MiB; a smaller bound stays far from that edge)."""
 
-ACTIVE_WAIT = 1.0
-"""Seconds the exact answer waits for the file of a sync that was running at the commit, then `POST /sync`.
-Syncs took 3-8 ms idle but over 20 ms at times on a loaded 2-core machine; `POST /sync` would
-queue behind the running sync anyway, so waiting for it here costs nothing more."""
+LTX_WAIT = 0.25
+"""Seconds the exact answer waits for the LTX file that holds the commit, then `POST /sync`. Litestream
+syncs every monitor interval (10 ms as forwarder configures it), a sync took over 20 ms at times on a
+loaded 2-core machine: a file not there by then means Litestream is stuck, stopped, or set to a
+long interval of its own, and `POST /sync` then either makes the file or says what is wrong.
+Short, because with Litestream dead every forwarded write waits this out before it is answered."""
 
 _ACTIVE = "a sync stayed active"
 
@@ -101,38 +102,30 @@ class CoveringCheck:
         self.outcomes: Counter[str] = Counter()  # how each call was answered (benchmarks, debugging)
         self._arrivals = LtxArrivals(self._newest_txid, self.ltx_dir)
 
-    async def txid(self, request: Callable[..., Awaitable[dict[str, Any]]]) -> tuple[int, bool] | None:
-        """A txid that holds every commit finished before this call and whether it is a promise (the
-        keeper must make it exist), or None (then `POST /sync`).
-
-        `request(method, path, params=...)` asks the control socket (`LitestreamEngine._request`).
-        """
+    async def txid(self) -> tuple[int, bool] | None:
+        """A txid that holds every commit finished before this call and exists, with False (never a
+        promise, unlike `promise()`), or None (then `POST /sync`): from the L0 files as they land."""
         found = self._look()
         if found is None or isinstance(found, int):
             return None if found is None else (found, False)
         end, head = found
-        answer = await self._status_answer(request, end)
-        if answer is None:
-            return None
-        txid, outcome = answer
-        if outcome != _ACTIVE:
-            self.outcomes[outcome] += 1
-            return None if txid is None else (txid, False)
         if end.end - head.end > MAX_PENDING_WAL:
             self.outcomes["too much WAL pending"] += 1
             return None
-        running = head.txid + 1  # the active sync's txid: it may have read the WAL before our commit
-        if not await self._arrivals.reached(running, ACTIVE_WAIT):
-            self.outcomes[_ACTIVE] += 1
-            return None
-        # An LTX file never changes once in place: the head of the newest, if that is it, is its head.
-        known = self._newest.head
-        written = known if known is not None and known.txid == running else read_head(self.ltx_dir, running)
-        if written is not None and written.salts == end.salts and written.end >= end.end:
-            self.outcomes["the active sync's LTX"] += 1
-            return running, False
-        self.outcomes["the sync after the active one"] += 1
-        return running + 1, True
+        candidate = head.txid + 1
+        while await self._arrivals.reached(candidate, LTX_WAIT):
+            # An LTX file never changes once in place: the head of the newest, if that is it, is its head.
+            known = self._newest.head
+            written = known if known is not None and known.txid == candidate else read_head(self.ltx_dir, candidate)
+            if written is None or written.salts != end.salts:
+                self.outcomes["the WAL started over"] += 1  # or the file went: POST /sync decides
+                return None
+            if written.end >= end.end:
+                self.outcomes["the next LTX" if candidate == head.txid + 1 else "a later LTX"] += 1
+                return candidate, False
+            candidate += 1  # that sync read the WAL before our commit: the next one takes it
+        self.outcomes["no LTX came"] += 1
+        return None
 
     async def _status_answer(
         self, request: Callable[..., Awaitable[dict[str, Any]]], end: WalEnd
@@ -185,6 +178,11 @@ class CoveringCheck:
                 self._in_flight = None
                 done.set_result(None)
         return self._reply
+
+    @property
+    def status_requests(self) -> int:
+        """`GET /debug/sync-status` requests sent so far (benchmarks, debugging)."""
+        return self._sent
 
     def state(self) -> tuple[WalEnd | None, LtxHead | None]:
         """The WAL's committed end and the newest L0 LTX, read in that order (either None if not trusted).

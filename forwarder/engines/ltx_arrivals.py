@@ -1,7 +1,7 @@
 """Waiting for the Litestream primary's local L0 to reach a txid: told by inotify, shared by every waiter.
 
-The covering check (`litestream_position`) waits here when a sync was running at its commit: that
-sync's file says whether it took the commit. Litestream writes each L0 file under a temporary name
+The covering check's exact answer (`litestream_position`) waits here for the file that holds its
+commit: each new file's header says whether it does. Litestream writes each L0 file under a temporary name
 and renames it into `ltx/0/` (`<txid>-<txid>.ltx`), so one inotify watch on that directory sees
 every new txid as it lands: no look at the files while nothing lands, and a waiter resumes within
 the event loop's next turn. The watch is set up by the first waiter and kept.
@@ -10,7 +10,7 @@ Where inotify is missing (or the directory is not there yet, or the watch ended:
 removed), one shared task looks at the newest file instead, every `LOOK_INTERVAL` while anyone
 waits. That is 1 ms and no less: uvloop (what the nodes run) keeps timers in whole milliseconds,
 so `asyncio.sleep(0.0005)` there returns at once and a loop of such sleeps spins the event loop
-(measured: 77,000 rounds in 0.2 s, a whole core). The covering check used to ask Litestream's
+(measured: 77,000 rounds in 0.2 s, a whole core). The covering check once asked Litestream's
 sync-status in such a loop, one request after another, for as long as a sync ran.
 """
 

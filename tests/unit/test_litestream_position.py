@@ -226,44 +226,47 @@ def past_newest(db: Any) -> tuple[CoveringCheck, WalEnd]:
     return check, before
 
 
-async def sync_running(method: str, target: str, **_: Any) -> dict[str, Any]:
-    return status(active=True)
-
-
-async def test_while_a_sync_runs_the_exact_answer_is_its_txid_if_its_file_holds_the_commit(db: Any) -> None:
+async def test_the_exact_answer_waits_for_the_first_file_that_holds_the_commit(db: Any) -> None:
     check, before = past_newest(db)
     after = wal_end(db[0])
     assert after is not None
-    statuses: list[bool] = []
-
-    async def request(method: str, target: str, **_: Any) -> dict[str, Any]:
-        statuses.append(True)
-        return status(active=True)
-
-    answer = asyncio.create_task(check.txid(request))
+    answer = asyncio.create_task(check.txid())
     await asyncio.sleep(0.02)
-    assert not answer.done() and statuses == [True]  # one status, then it waits for the sync's file
-    write_ltx(check.ltx_dir, 11, before.salts, before.end, after.end - before.end)  # the running sync took it
-    assert await asyncio.wait_for(answer, 1) == (11, False)
-    assert statuses == [True]
+    assert not answer.done()  # no file holds it yet: it waits, and asks Litestream nothing
+    write_ltx(check.ltx_dir, 11, before.salts, before.end, after.end - before.end)  # the next sync took it
+    assert await asyncio.wait_for(answer, 1) == (11, False)  # it exists: nothing for the keeper
+    assert check.outcomes["the next LTX"] == 1
     await check.aclose()
 
 
-async def test_while_a_sync_runs_the_exact_answer_is_the_next_sync_if_the_running_one_missed_it(db: Any) -> None:
+async def test_the_exact_answer_is_a_later_file_when_the_next_sync_read_the_wal_before_the_commit(db: Any) -> None:
     check, before = past_newest(db)
-    answer = asyncio.create_task(check.txid(sync_running))
+    after = wal_end(db[0])
+    assert after is not None
+    answer = asyncio.create_task(check.txid())
     await asyncio.sleep(0.01)
     write_ltx(check.ltx_dir, 11, before.salts, 32, before.end - 32)  # it read the WAL before the commit
-    assert await asyncio.wait_for(answer, 1) == (12, True)  # a promise: the keeper sees that 12 is made
-    assert check.outcomes["the sync after the active one"] == 1
+    await asyncio.sleep(0.02)
+    assert not answer.done()  # 11 does not hold it: wait for 12
+    write_ltx(check.ltx_dir, 12, before.salts, before.end, after.end - before.end)
+    assert await asyncio.wait_for(answer, 1) == (12, False)
+    assert check.outcomes["a later LTX"] == 1
     await check.aclose()
 
 
-async def test_the_exact_answer_gives_up_when_the_running_sync_never_writes_its_file(
-    db: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_the_exact_answer_gives_up_on_a_file_of_another_wal(db: Any) -> None:
+    check, before = past_newest(db)
+    answer = asyncio.create_task(check.txid())
+    await asyncio.sleep(0.01)
+    write_ltx(check.ltx_dir, 11, b"othersal", 32, 4096)  # the WAL restarted: the files cannot tell
+    assert await asyncio.wait_for(answer, 1) is None  # then the engine asks POST /sync
+    assert check.outcomes["the WAL started over"] == 1
+    await check.aclose()
+
+
+async def test_the_exact_answer_gives_up_when_no_file_lands(db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     check, _ = past_newest(db)
-    monkeypatch.setattr("forwarder.engines.litestream_position.ACTIVE_WAIT", 0.05)
-    assert await asyncio.wait_for(check.txid(sync_running), 1) is None  # then the engine asks POST /sync
-    assert check.outcomes["a sync stayed active"] == 1
+    monkeypatch.setattr("forwarder.engines.litestream_position.LTX_WAIT", 0.05)
+    assert await asyncio.wait_for(check.txid(), 1) is None  # then the engine asks POST /sync
+    assert check.outcomes["no LTX came"] == 1
     await check.aclose()

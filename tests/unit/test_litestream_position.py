@@ -215,24 +215,31 @@ def test_no_prompt_answer_for_another_wal_or_too_much_pending(db: Any) -> None:
     assert check.promise() is None
 
 
-def past_newest(db: Any) -> tuple[CoveringCheck, WalEnd]:
-    """A check whose newest LTX (10) holds the WAL as it was (returned), then one commit after it."""
+def past_newest(db: Any) -> tuple[CoveringCheck, WalEnd, WalEnd]:
+    """A check whose newest LTX (10) holds the WAL as it was, then one commit after it: the WAL's end
+    before and after that commit."""
     path, conn = db
     check = CoveringCheck(path)
     before = wal_end(path)
     assert before is not None
     write_ltx(check.ltx_dir, 10, before.salts, 32, before.end - 32)
     conn.execute("INSERT INTO t VALUES (2)")  # committed, in no LTX yet
-    return check, before
+    after = wal_end(path)
+    assert after is not None
+    return check, before, after
+
+
+async def waiting_answer(check: CoveringCheck) -> asyncio.Task[tuple[int, bool] | None]:
+    """The exact answer, asked and still waiting: no file holds the commit yet, and it asks Litestream nothing."""
+    answer = asyncio.create_task(check.txid())
+    await asyncio.sleep(0.02)
+    assert not answer.done()
+    return answer
 
 
 async def test_the_exact_answer_waits_for_the_first_file_that_holds_the_commit(db: Any) -> None:
-    check, before = past_newest(db)
-    after = wal_end(db[0])
-    assert after is not None
-    answer = asyncio.create_task(check.txid())
-    await asyncio.sleep(0.02)
-    assert not answer.done()  # no file holds it yet: it waits, and asks Litestream nothing
+    check, before, after = past_newest(db)
+    answer = await waiting_answer(check)
     write_ltx(check.ltx_dir, 11, before.salts, before.end, after.end - before.end)  # the next sync took it
     assert await asyncio.wait_for(answer, 1) == (11, False)  # it exists: nothing for the keeper
     assert check.outcomes["the next LTX"] == 1
@@ -240,11 +247,8 @@ async def test_the_exact_answer_waits_for_the_first_file_that_holds_the_commit(d
 
 
 async def test_the_exact_answer_is_a_later_file_when_the_next_sync_read_the_wal_before_the_commit(db: Any) -> None:
-    check, before = past_newest(db)
-    after = wal_end(db[0])
-    assert after is not None
-    answer = asyncio.create_task(check.txid())
-    await asyncio.sleep(0.01)
+    check, before, after = past_newest(db)
+    answer = await waiting_answer(check)
     write_ltx(check.ltx_dir, 11, before.salts, 32, before.end - 32)  # it read the WAL before the commit
     await asyncio.sleep(0.02)
     assert not answer.done()  # 11 does not hold it: wait for 12
@@ -255,9 +259,8 @@ async def test_the_exact_answer_is_a_later_file_when_the_next_sync_read_the_wal_
 
 
 async def test_the_exact_answer_gives_up_on_a_file_of_another_wal(db: Any) -> None:
-    check, before = past_newest(db)
-    answer = asyncio.create_task(check.txid())
-    await asyncio.sleep(0.01)
+    check, _, _ = past_newest(db)
+    answer = await waiting_answer(check)
     write_ltx(check.ltx_dir, 11, b"othersal", 32, 4096)  # the WAL restarted: the files cannot tell
     assert await asyncio.wait_for(answer, 1) is None  # then the engine asks POST /sync
     assert check.outcomes["the WAL started over"] == 1
@@ -265,7 +268,7 @@ async def test_the_exact_answer_gives_up_on_a_file_of_another_wal(db: Any) -> No
 
 
 async def test_the_exact_answer_gives_up_when_no_file_lands(db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    check, _ = past_newest(db)
+    check, _, _ = past_newest(db)
     monkeypatch.setattr("forwarder.engines.litestream_position.LTX_WAIT", 0.05)
     assert await asyncio.wait_for(check.txid(), 1) is None  # then the engine asks POST /sync
     assert check.outcomes["no LTX came"] == 1

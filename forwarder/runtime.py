@@ -382,8 +382,16 @@ class Forwarder:
         try:
             payload = function.encode_arguments(args, kwargs)
             data, txid = await self.rpc.call(function.name, payload)
-            context.note_write(txid)  # committed: the response of the request being served says so
             result = function.decode_result(data)
+            if txid is None:
+                outcome = "stale"
+                logger.warning(
+                    "%s() ran on the primary, which could not learn its txid (see its log); returning without "
+                    "waiting: this replica may not show the write yet",
+                    function.name,
+                )
+                return result
+            context.note_write(txid)  # committed: the response of the request being served says so
             try:
                 await self.wait_for(txid, cause="rpc")
             except ReplicationTimeout as exc:

@@ -8,6 +8,8 @@ from collections.abc import Awaitable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..exceptions import EngineError
+from ..logsafe import clean
 from ..policy import CookiePolicy
 from ..runtime import Forwarder
 from ..txid import Txid
@@ -18,6 +20,10 @@ from .hops import header
 __all__ = ["serve_on_primary", "stamped"]
 
 logger = logging.getLogger("forwarder.middleware")
+
+_STALE_WRITE = (
+    "the write is committed, and answered with Forwarder-Stale: 1 (no txid: nothing for a replica to wait for)"
+)
 
 
 def serve_on_primary(
@@ -48,10 +54,15 @@ def serve_on_primary(
         try:
             # A replica that proxied the write waits for this txid now; anyone else reads later.
             txid = await forwarder.commit_position(prompt=not claimed or header(scope, h.FORWARDED_BY) is None)
-        except Exception:
+        except Exception as exc:
             # The write is committed; failing the response now would make the client think
             # it was not. Tell replicas there is nothing to wait for instead.
-            logger.exception("could not read the commit position after a write")
+            if isinstance(exc, EngineError):  # Litestream down or stuck: its message names the cause and the fix
+                logger.error("%s %s: %s; %s", scope["method"], clean(scope["path"]), exc, _STALE_WRITE)
+            else:
+                logger.exception(
+                    "%s %s: could not read the commit position; %s", scope["method"], clean(scope["path"]), _STALE_WRITE
+                )
             added.append((h.STALE, b"1"))
         else:
             added += txid_headers(cookie_policy, scope, txid)

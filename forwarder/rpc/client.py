@@ -45,8 +45,9 @@ class RPCClient:
         self._timeout = timeout
         self._channel = channel
 
-    async def call(self, name: str, payload: dict[str, Any]) -> tuple[Any, Txid]:
-        """Run `name` on the primary; return its JSON result and the txid covering its writes."""
+    async def call(self, name: str, payload: dict[str, Any]) -> tuple[Any, Txid | None]:
+        """Run `name` on the primary; return its JSON result and the txid covering its writes (None: the
+        primary ran it but could not learn the txid, see `RPCReply`)."""
         path = RPC_PATH_PREFIX + name
         body = json.dumps(payload, separators=(",", ":")).encode()
         headers = [
@@ -62,7 +63,7 @@ class RPCClient:
         if status == 200:
             try:
                 reply = RPCReply.model_validate_json(content)
-                return reply.result, Txid.parse(reply.txid)
+                return reply.result, None if reply.txid is None else Txid.parse(reply.txid)
             except (ValidationError, ValueError) as exc:
                 raise RPCOutcomeUnknown(
                     f"calling {name}(): the primary answered 200 with a body that is not an RPC reply ({exc}); "

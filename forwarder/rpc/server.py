@@ -11,7 +11,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
-from ..exceptions import ConfigurationError, RPCAuthError, RPCError, RPCValidationError
+from ..exceptions import ConfigurationError, EngineError, RPCAuthError, RPCError, RPCValidationError
 from ..logsafe import clean
 from .signing import SIGNATURE_HEADER
 from .wire import RPC_PATH_PREFIX, RPCCall
@@ -133,7 +133,15 @@ async def _handle(forwarder: Forwarder, scope: Scope, receive: Receive) -> JSONR
     except Exception as exc:
         logger.exception("RPC %s raised", clean(name))
         return _failure(500, type(exc).__name__, str(exc))
-    txid = await forwarder.commit_position()
+    try:
+        txid = await forwarder.commit_position()
+    except EngineError as exc:
+        # It ran and committed: a failure now would tell the caller it did not. Say there is no txid instead.
+        logger.error("RPC %s ran and committed, but its txid is unknown: %s; answered without one", clean(name), exc)
+        return JSONResponse(
+            {"result": data, "txid": None},
+            headers={"forwarder-stale": "1", "forwarder-node": forwarder.topology.node_id},
+        )
     return JSONResponse(
         {"result": data, "txid": str(txid)},
         headers={"forwarder-txid": str(txid), "forwarder-node": forwarder.topology.node_id},

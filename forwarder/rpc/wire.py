@@ -21,10 +21,13 @@ class RPCCall(BaseModel):
 
 
 class RPCReply(BaseModel):
-    """200 reply: the function's result in JSON form and the txid covering its writes."""
+    """200 reply: the function's result in JSON form and the txid covering its writes.
+
+    `txid` is None when the function ran and committed but the primary could not learn the txid (its
+    replication engine is down or stuck): there is then nothing for the replica to wait for."""
 
     result: Any
-    txid: str
+    txid: str | None
 
 
 class RPCFailure(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 
 import anyio
@@ -15,6 +16,7 @@ from starlette.routing import Route
 
 from forwarder import Forwarder, ForwarderMiddleware, MemoryEngine, MemoryLog, Role, Topology, Txid
 from forwarder.context import current_forwarder
+from forwarder.exceptions import EngineUnavailable
 from forwarder.node_headers import seal_replay
 from forwarder.policy import RoutingPolicy
 
@@ -198,3 +200,44 @@ async def test_a_write_a_replica_waits_on_gets_the_exact_txid_any_other_the_prom
             assert asked == ["prompt", "prompt", "exact"]  # the replica holds the response until it has it
     assert headers_of(direct)["forwarder-txid"] == ["0000000000000001"]
     assert headers_of(proxied)["forwarder-forwarded"] == ["proxy"] and status_of(proxied) == 201
+
+
+@pytest.mark.parametrize(
+    ("error", "traceback"),
+    [
+        (
+            EngineUnavailable(
+                "Litestream's control socket /x.sock refused the connection; start `litestream replicate`"
+            ),
+            False,
+        ),
+        (RuntimeError("a bug"), True),
+    ],
+)
+async def test_a_write_whose_txid_cannot_be_read_is_answered_committed_and_stale(
+    error: Exception, traceback: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    ref: list[Nodes] = []
+
+    async def write(request: Request) -> Response:
+        ref[0].log.commit()
+        return PlainTextResponse("ok", status_code=201)
+
+    async with two_nodes(lambda: Starlette(routes=[Route("/w", write, methods=["POST"])])) as nodes:
+        ref.append(nodes)
+
+        async def failing() -> Txid:
+            raise error
+
+        nodes.primary.engine.promise_position = failing  # type: ignore[method-assign]
+        with anyio.fail_after(5), caplog.at_level(logging.ERROR, "forwarder.middleware"):
+            response = await call(nodes.primary_app, http_scope("POST", "/w"))
+    headers = headers_of(response)
+    assert status_of(response) == 201 and body_of(response) == b"ok"  # committed: never a 5xx
+    assert headers["forwarder-stale"] == ["1"]
+    assert "forwarder-txid" not in headers and "set-cookie" not in headers
+    [record] = [r for r in caplog.records if r.name == "forwarder.middleware"]
+    assert record.getMessage().startswith("POST /w: ") and "Forwarder-Stale: 1" in record.getMessage()
+    # An engine's own error names its cause and fix in one line; anything else is a bug, with its traceback.
+    assert (str(error) in record.getMessage()) is not traceback
+    assert (record.exc_info is not None) is traceback

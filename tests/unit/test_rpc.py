@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from typing import Any
 
@@ -20,6 +21,7 @@ from forwarder import (
     Txid,
     UnknownFunction,
 )
+from forwarder.exceptions import EngineUnavailable
 from forwarder.rpc.signing import sign
 
 from .nodes import SECRET, Nodes, two_nodes
@@ -287,3 +289,31 @@ async def test_get_is_not_allowed(counting_registry: tuple[Registry, list[int]])
         async with nodes.client(nodes.primary_app) as client:
             response = await client.get("/_forwarder/rpc/count")
     assert response.status_code == 405
+
+
+async def test_a_call_whose_txid_the_primary_cannot_learn_returns_its_result_without_waiting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = Registry()
+    ran: list[int] = []
+
+    @registry.primary_only(name="record")
+    async def record(value: int) -> int:
+        ran.append(value)
+        return value + 1
+
+    async with two_nodes(board_app, registry=registry, replication_timeout=30) as nodes:
+
+        async def engine_down() -> Txid:
+            raise EngineUnavailable("Litestream's control socket /x.sock refused the connection")
+
+        nodes.primary.engine.commit_position = engine_down  # type: ignore[method-assign]
+        body = json.dumps({"args": [1]}).encode()
+        reply = await _post(nodes, "record", body, _signed("/_forwarder/rpc/record", body))
+        # Ran and committed: a 200 with the result and no txid, never an error that says it did not run.
+        assert reply.status_code == 200 and reply.json() == {"result": 2, "txid": None}
+        assert reply.headers["forwarder-stale"] == "1" and "forwarder-txid" not in reply.headers
+        with nodes.replica.activate(), anyio.fail_after(5), caplog.at_level(logging.WARNING):
+            assert await record(41) == 42  # no txid to wait for: it returns at once, not after 30 s
+    assert ran == [1, 41]
+    assert "could not learn its txid" in caplog.text and "refused the connection" in caplog.text

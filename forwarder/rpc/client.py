@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import httpx
@@ -24,6 +25,8 @@ from .signing import SIGNATURE_HEADER, sign
 from .wire import RPC_PATH_PREFIX, RPCFailureBody, RPCReply
 
 __all__ = ["RPCClient"]
+
+logger = logging.getLogger("forwarder.rpc")
 
 _ERRORS_BY_STATUS: dict[int, type[RPCError]] = {401: RPCAuthError, 404: UnknownFunction, 422: RPCValidationError}
 
@@ -63,7 +66,14 @@ class RPCClient:
         if status == 200:
             try:
                 reply = RPCReply.model_validate_json(content)
-                return reply.result, None if reply.txid is None else Txid.parse(reply.txid)
+                if reply.txid is None:
+                    logger.warning(
+                        "%s() ran on the primary, which could not learn its txid (see its log); returning without "
+                        "waiting: this replica may not show the write yet",
+                        name,
+                    )
+                    return reply.result, None
+                return reply.result, Txid.parse(reply.txid)
             except (ValidationError, ValueError) as exc:
                 raise RPCOutcomeUnknown(
                     f"calling {name}(): the primary answered 200 with a body that is not an RPC reply ({exc}); "

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from .runtime import Forwarder
     from .txid import Txid
 
-__all__ = ["RequestWrites", "current_forwarder", "note_write", "stop_tracking", "track_writes"]
+__all__ = ["RequestWrites", "current_forwarder", "note_stale", "note_write", "stop_tracking", "track_writes"]
 
 _current: ContextVar[Forwarder | None] = ContextVar("forwarder.current", default=None)
 _running: list[Forwarder] = []
@@ -35,12 +35,14 @@ def current_forwarder() -> Forwarder | None:
 
 
 class RequestWrites:
-    """The txid of the latest `@primary_only` call made while one request is served on a replica."""
+    """The txid of the latest `@primary_only` call made while one request is served on a replica, and
+    whether one ran without a txid (`stale`: the primary could not learn it)."""
 
-    __slots__ = ("txid",)
+    __slots__ = ("stale", "txid")
 
     def __init__(self) -> None:
         self.txid: Txid | None = None
+        self.stale = False
 
 
 # A mutable holder in the variable: contexts are copied into tasks and threads, the holder is shared.
@@ -61,3 +63,11 @@ def note_write(txid: Txid) -> None:
     writes = _writes.get()
     if writes is not None and (writes.txid is None or txid > writes.txid):
         writes.txid = txid
+
+
+def note_stale() -> None:
+    """A `@primary_only` call ran on the primary, which could not learn its txid: the request being
+    served, if any, says `Forwarder-Stale: 1`."""
+    writes = _writes.get()
+    if writes is not None:
+        writes.stale = True

@@ -385,6 +385,7 @@ class Forwarder:
             result = function.decode_result(data)
             if txid is None:  # ran, but the primary could not learn its txid (logged by the client)
                 outcome = "stale"
+                context.note_stale()
                 return result
             context.note_write(txid)  # committed: the response of the request being served says so
             try:

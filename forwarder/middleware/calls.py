@@ -42,6 +42,7 @@ class CallTracking(context.RequestWrites):
 
     def __init__(self, scope: Scope, cookie: CookiePolicy) -> None:
         self.txid = None
+        self.stale = False
         self._scope = scope
         self._cookie = cookie
         self._token: Token[context.RequestWrites | None] | None = None
@@ -55,7 +56,8 @@ class CallTracking(context.RequestWrites):
             context.stop_tracking(self._token)
 
     def stamp(self, message: Message) -> None:
-        """Add `Forwarder-Txid` and the cookie to a response start going out after a call that wrote."""
+        """Add `Forwarder-Txid` and the cookie to a response start going out after a call that wrote, and
+        `Forwarder-Stale: 1` after one whose txid the primary could not learn."""
         txid = self.txid
         if txid is not None:
             message["headers"] = [
@@ -63,6 +65,8 @@ class CallTracking(context.RequestWrites):
                 (h.TXID, str(txid).encode()),
                 (b"set-cookie", set_cookie(self._cookie, self._scope, txid).encode()),
             ]
+        if self.stale:
+            message["headers"] = [*message.get("headers", ()), (h.STALE, b"1")]
 
     def failure(self, exc: BaseException) -> PlainTextResponse | None:
         """The answer when `exc` says a `@primary_only` call did not get through to the primary, else None."""

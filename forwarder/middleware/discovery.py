@@ -119,6 +119,7 @@ class CallStamp(Protocol):
     """What stamps a response with the txid of the request's `@primary_only` calls (`CallTracking`)."""
 
     txid: Txid | None
+    stale: bool
 
     def stamp(self, message: Message) -> None: ...
 
@@ -177,7 +178,7 @@ class HeldErrorResponse:
                 self._held.append(message)
                 return _DONE
             self.started = True
-            if self._calls.txid is not None:  # rarely: no frame of `stamp` on the way otherwise
+            if self._calls.txid is not None or self._calls.stale:  # rarely: no frame of `stamp` on the way otherwise
                 self._calls.stamp(message)
         elif kind == "http.response.body" and not message.get("more_body", False):
             counter = self._local_writes

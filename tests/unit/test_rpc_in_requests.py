@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from forwarder import Registry, ReplicationTimeout, Txid
+from forwarder.exceptions import EngineUnavailable
 from forwarder.policy import RoutingPolicy
 
 from .nodes import Nodes, two_nodes
@@ -135,3 +136,22 @@ async def test_other_errors_in_a_passthrough_path_still_reach_the_server() -> No
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             response = await client.get("/local/boom")
     assert response.status_code == 500
+
+
+@pytest.mark.parametrize("path", ["/add", "/local/add"])
+async def test_a_call_whose_txid_the_primary_cannot_learn_marks_the_response_stale(path: str) -> None:
+    registry, ref = Registry(), list[Nodes]()
+    async with two_nodes(app_with(registry, ref), registry=registry, policy=POLICY, replication_timeout=30) as nodes:
+        ref.append(nodes)
+
+        async def engine_down() -> Txid:
+            raise EngineUnavailable("Litestream's control socket /x.sock refused the connection")
+
+        nodes.primary.engine.commit_position = engine_down  # type: ignore[method-assign]
+        async with nodes.client(nodes.replica_app) as client:
+            with anyio.fail_after(5):  # no txid to wait for: not the 30 s replication timeout
+                response = await client.request("GET" if path == "/add" else "POST", path)
+    assert response.status_code == 200 and response.json() == {"result": 2}  # it ran: its result, no error
+    assert response.headers["forwarder-node"] == "node-r"  # served by the replica
+    assert response.headers["forwarder-stale"] == "1"
+    assert "forwarder-txid" not in response.headers and "__txid" not in client.cookies

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["FileIdentity", "FixedRead", "QuickPoll", "access_call", "exists", "file_id", "pread", "read_start"]
+__all__ = ["FileIdentity", "FixedRead", "QuickPoll", "access_call", "file_id", "pread", "read_start"]
 
 _STAT_HEAD = struct.Struct("QQ")  # st_dev, st_ino: the first two fields on both Linux ABIs here
 _STAT_SIZE = 256  # more than sizeof(struct stat) on either
@@ -56,13 +56,6 @@ def _libc() -> Any | None:
 _LIBC = _libc()
 _ONE_FD = ctypes.c_ulong(1)  # nfds_t
 _NO_WAIT = ctypes.c_int(0)  # timeout, ms
-
-
-def exists(path: str | bytes) -> bool:
-    """`os.path.exists(path)`."""
-    if _LIBC is None:
-        return os.path.exists(path)
-    return bool(_LIBC.access(path if isinstance(path, bytes) else os.fsencode(path), os.F_OK) == 0)
 
 
 def access_call() -> Callable[[bytes, int], int]:

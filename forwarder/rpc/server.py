@@ -135,9 +135,11 @@ async def _handle(forwarder: Forwarder, scope: Scope, receive: Receive) -> JSONR
         return _failure(500, type(exc).__name__, str(exc))
     try:
         txid = await forwarder.commit_position()
-    except EngineError as exc:
-        # It ran and committed: a failure now would tell the caller it did not. Say there is no txid instead.
-        logger.error("RPC %s ran and committed, but its txid is unknown: %s; answered without one", clean(name), exc)
+    except Exception as exc:
+        # It ran and committed: a failure now would tell the caller it did not. Say there is no txid instead,
+        # as the middleware does for a write (an engine's error names its cause; anything else is a bug).
+        log = logger.error if isinstance(exc, EngineError) else logger.exception
+        log("RPC %s ran and committed, but its txid is unknown: %s; answered without one", clean(name), exc)
         return JSONResponse(
             {"result": data, "txid": None},
             headers={"forwarder-stale": "1", "forwarder-node": forwarder.topology.node_id},
